@@ -1,0 +1,271 @@
+"""The ``mnist-cnn`` command: a thin layer over the library; main(argv) returns the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+from . import __version__
+from .errors import MnistCnnError
+
+EXIT_USAGE = 2
+
+# Settings a resumed run may change; every other one is the run's own.
+RESUMABLE = {"epochs", "device", "data_dir", "eval_batch_size"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .datasets import DATASETS
+    from .device import DEVICES
+
+    parser = argparse.ArgumentParser(
+        prog="mnist-cnn",
+        description="Train, evaluate and inspect the CustomCNN of the 'CNN with Python' tutorial.",
+    )
+    parser.add_argument("--version", action="version", version=f"mnist-cnn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def data_args(p, dataset_default):
+        p.add_argument(
+            "--dataset",
+            choices=list(DATASETS),
+            default=dataset_default,
+            help=f"dataset name (default: {dataset_default or 'the run’s'})",
+        )
+        p.add_argument("--data-dir", metavar="DIR",
+                       help="folder with the dataset, or a root holding <dataset>/ folders "
+                            "(default: $MNIST_CNN_DATA)")  # fmt: skip
+
+    t = sub.add_parser("train", help="train CustomCNN (defaults: the reference recipe)",
+                       description="Train CustomCNN. Defaults are the reference recipe: Adam "
+                                   "lr 1e-3, batch 100, 15 epochs, seed 777.")  # fmt: skip
+    data_args(t, None)
+    t.add_argument("--epochs", type=int, help="epochs to train (default 15)")
+    t.add_argument("--batch-size", type=int, help="images per step (default 100)")
+    t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--seed", type=int, help="random seed (default 777)")
+    t.add_argument("--device", choices=DEVICES, help="where to train (default auto)")
+    t.add_argument("--out", metavar="DIR", help="folder for run directories (default runs)")
+    t.add_argument("--name", help="run directory name (default <dataset>-<date>-<time>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last epoch")
+    t.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="bitwise-repeatable kernels (resumed runs match uninterrupted ones)",
+    )
+    t.add_argument("--limit-train", type=int, metavar="N", help="train on the first N images")
+    t.add_argument(
+        "--val-size",
+        type=int,
+        metavar="N",
+        help="hold out N training images as a validation split (default 0)",
+    )
+    t.add_argument("--eval-batch-size", type=int, help=argparse.SUPPRESS)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy, confusion matrix")
+    e.add_argument("run", metavar="RUN", help="run directory, or a model.safetensors in one")
+    data_args(e, None)
+    e.add_argument("--split", choices=["test", "train"], default="test")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--device", choices=DEVICES, default="auto")
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("data", help="find, download and verify datasets")
+    dsub = d.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dl = dsub.add_parser("list", help="where each dataset is found")
+    dl.add_argument("--data-dir", metavar="DIR")
+    dl.set_defaults(func=cmd_data_list)
+    df = dsub.add_parser("fetch", help="download a dataset into the user cache")
+    data_args(df, "mnist")
+    df.add_argument(
+        "--mirror",
+        action="append",
+        metavar="URL",
+        help="base URL to download from instead of the built-in mirrors (repeatable)",
+    )
+    df.add_argument(
+        "--force",
+        action="store_true",
+        help="download into the cache even if the dataset is found elsewhere",
+    )
+    df.set_defaults(func=cmd_data_fetch)
+    dv = dsub.add_parser("verify", help="check a dataset's files against their checksums")
+    data_args(dv, "mnist")
+    dv.set_defaults(func=cmd_data_verify)
+
+    s = sub.add_parser("summary", help="each layer's output shape and parameter count")
+    s.add_argument("run", metavar="RUN", nargs="?", help="a trained run (default: a new model)")
+    s.set_defaults(func=cmd_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error argparse has reported
+        return int(e.code or 0)
+    try:
+        return args.func(args) or 0
+    except MnistCnnError as e:
+        print(f"mnist-cnn: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # unwritable folders, full disks: the user's to fix, no traceback
+        where = f": {e.filename}" if e.filename else ""
+        print(f"mnist-cnn: error: {e.strerror or e}{where}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("mnist-cnn: interrupted", file=sys.stderr)
+        return 130
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)  # one line per epoch shows at once, also when piped to a file
+
+
+def cmd_train(args) -> int:
+    from .checkpoint import read_config
+    from .train import TrainConfig, train
+
+    names = [f.name for f in fields(TrainConfig)]
+    given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if args.resume:
+        saved = TrainConfig.from_dict(read_config(Path(args.resume))["training"])
+        changed = [n for n, v in given.items() if n not in RESUMABLE and getattr(saved, n) != v]
+        if changed:
+            flags = ", ".join("--" + n.replace("_", "-") for n in changed)
+            raise MnistCnnError(
+                f"--resume continues {args.resume} with its own settings; {flags} cannot change "
+                f"(only --epochs, --device, --data-dir can)"
+            )
+        config = replace(saved, **{n: v for n, v in given.items() if n in RESUMABLE})
+    else:
+        config = TrainConfig(**given)
+    result = train(config, resume=args.resume, log=_log, progress=_progress())
+    final = result.final
+    if final:
+        print(
+            f"test accuracy {100 * final['test_accuracy']:.2f}% after {final['epoch']} epochs; "
+            f"run saved in {result.run_dir}"
+        )
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .checkpoint import load_run
+    from .datasets import load_dataset
+    from .device import select_device
+    from .evaluate import evaluate
+
+    trained = load_run(args.run, device=select_device(args.device))
+    dataset = args.dataset or trained.dataset
+    data = load_dataset(dataset, args.data_dir, progress=_progress())
+    if data.info.num_classes != len(trained.classes):
+        raise MnistCnnError(
+            f"{dataset} has {data.info.num_classes} classes; the model has {len(trained.classes)}"
+        )
+    images, labels = data.split(args.split)
+    result = evaluate(
+        trained.model, images, labels, mean=trained.mean, std=trained.std,
+        num_classes=data.info.num_classes,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps({"dataset": dataset, "split": args.split, **result.to_dict()}))
+        return 0
+    print(f"{trained.run_dir}: {dataset} {args.split} split, {result.count:,} images")
+    print(f"accuracy {100 * result.accuracy:.2f}%   loss {result.loss:.4f}")
+    print(format_confusion(result.confusion, result.per_class, trained.classes))
+    return 0
+
+
+def format_confusion(confusion, per_class, classes) -> str:
+    width = max(6, *(len(str(v)) for row in confusion for v in row)) + 1
+    names = [c if c == str(i) else f"{c} {i}" for i, c in enumerate(classes)]
+    label_w = max(len(c) for c in names)
+    head = " " * label_w + "".join(f"{i:>{width}}" for i in range(len(classes)))
+    lines = ["confusion matrix (rows: true class, columns: predicted) and per-class accuracy", head]
+    for i, (row, acc) in enumerate(zip(confusion, per_class, strict=True)):
+        cells = "".join(f"{v:>{width}}" for v in row)
+        lines.append(f"{names[i]:>{label_w}}{cells}   {100 * acc:6.2f}%")
+    return "\n".join(lines)
+
+
+def cmd_data_list(args) -> int:
+    from .datasets import DATASETS, candidate_dirs, locate
+
+    for info in DATASETS.values():
+        folder = locate(info, args.data_dir)
+        where = str(folder) if folder else "not found (will download on first use)"
+        print(f"{info.name:<14} {info.title}")
+        print(f"{'':<14} found: {where}")
+        print(
+            f"{'':<14} searched: {', '.join(str(p) for p in candidate_dirs(info, args.data_dir))}"
+        )
+    return 0
+
+
+def cmd_data_fetch(args) -> int:
+    from .datasets import cache_dir, get_dataset_info, locate
+    from .download import fetch, verify_folder
+
+    info = get_dataset_info(args.dataset)
+    folder = locate(info, args.data_dir)
+    if folder is not None and not args.force:
+        bad = [c for c in verify_folder(info, folder) if not c.ok]
+        if not bad:
+            print(f"{info.name}: already present and verified in {folder}")
+            return 0
+        if folder != cache_dir(info.name):
+            names = ", ".join(f"{c.path.name} ({c.detail})" for c in bad)
+            raise MnistCnnError(
+                f"{info.name} in {folder} fails verification: {names}; "
+                "--force downloads a good copy into the cache"
+            )
+    dest = fetch(info, data_dir=args.data_dir, mirrors=args.mirror, progress=_progress())
+    checks = verify_folder(info, dest)
+    print(f"{info.name}: downloaded and verified in {dest}")
+    for c in checks:
+        print(f"  {c.path.name:<30} {c.detail}")
+    return 0
+
+
+def cmd_data_verify(args) -> int:
+    from .datasets import get_dataset_info, locate, not_found_message
+    from .download import verify_folder
+
+    info = get_dataset_info(args.dataset)
+    folder = locate(info, args.data_dir)
+    if folder is None:
+        raise MnistCnnError(not_found_message(info, args.data_dir, "so nothing was verified"))
+    checks = verify_folder(info, folder)
+    print(f"{info.name} in {folder}")
+    for c in checks:
+        mark = "ok " if c.ok else "BAD"
+        print(f"  {mark} {c.path.name if c.path else c.key:<30} {c.detail}")
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        print(f"{len(bad)} of {len(checks)} files failed verification", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from .model import CustomCNN, format_summary
+
+    if args.run:
+        from .checkpoint import load_run
+
+        model = load_run(args.run).model
+    else:
+        model = CustomCNN()
+    print(format_summary(model))
+    return 0

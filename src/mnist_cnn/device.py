@@ -1,0 +1,44 @@
+"""Choosing the device and the determinism settings: one helper for every command."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import MnistCnnError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; an explicit name must be usable."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind = name.split(":")[0]
+    if kind not in DEVICES:
+        raise MnistCnnError(f"unknown device {name!r} (use one of {', '.join(DEVICES)})")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise MnistCnnError("--device cuda: no CUDA device is available to this PyTorch build")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise MnistCnnError("--device mps: Apple's MPS backend is not available here")
+    return torch.device(name)
+
+
+def configure_determinism(deterministic: bool, device: torch.device) -> None:
+    """Deterministic kernels (bitwise-repeatable runs) or the fastest ones (cuDNN autotuning)."""
+    if device.type == "cuda":
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def seed_everything(seed: int) -> None:
+    """The seed's ``torch.manual_seed(777)`` (which seeds every CUDA device too)."""
+    torch.manual_seed(seed)

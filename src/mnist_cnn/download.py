@@ -1,0 +1,151 @@
+"""Downloading and verifying dataset files: mirrors in order, temp file, checksum, atomic rename."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .datasets import DataFile, DatasetInfo, cache_dir, file_in, not_found_message
+from .errors import MnistCnnError
+from .files import file_digest
+
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """The verdict on one dataset file."""
+
+    key: str
+    path: Path | None
+    ok: bool
+    detail: str  # "sha256 ok", "md5 mismatch", "missing", ...
+
+
+def check_file(f: DataFile, path: Path, *, gz: bool | None = None) -> tuple[bool, str]:
+    """Verify one file: SHA-256 of its decompressed payload, else the MD5 of the .gz.
+
+    ``gz`` says whether ``path`` is the .gz as published (default: judged by its name).
+    """
+    gz = path.name.endswith(".gz") if gz is None else gz
+    try:
+        if f.sha256 is not None:
+            ok = file_digest(path, "sha256", decompress=True) == f.sha256
+            return ok, "sha256 ok" if ok else "sha256 mismatch"
+        if gz:
+            ok = file_digest(path, "md5") == f.md5_gz
+            return ok, "md5 ok" if ok else "md5 mismatch (a recompressed file cannot match)"
+        return True, "no published checksum for the uncompressed file"
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        return False, f"unreadable: {e}"
+
+
+def verify_folder(info: DatasetInfo, folder: str | os.PathLike) -> list[FileCheck]:
+    """Check each of the dataset's four files in ``folder``."""
+    folder = Path(folder)
+    checks = []
+    for key, f in info.files.items():
+        path = file_in(folder, f)
+        if path is None:
+            checks.append(FileCheck(key, None, False, "missing"))
+        else:
+            checks.append(FileCheck(key, path, *check_file(f, path)))
+    return checks
+
+
+def fetch(
+    info: DatasetInfo,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    dest: str | os.PathLike | None = None,
+    mirrors: tuple[str, ...] | list[str] | None = None,
+    progress: bool = False,
+    timeout: float = 30.0,
+) -> Path:
+    """Download the files of ``info`` missing or bad in ``dest`` (default: the user cache).
+
+    ``mirrors`` (else the base URLs in $MNIST_CNN_MIRRORS, else the dataset's own) are tried
+    in order for each file: it is streamed to a temporary file in ``dest``,
+    verified, and only then renamed into place. Returns ``dest``.
+    """
+    dest = Path(dest) if dest is not None else cache_dir(info.name)
+    mirrors = tuple(mirrors or os.environ.get("MNIST_CNN_MIRRORS", "").split() or info.mirrors)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MnistCnnError(f"cannot create {dest}: {e.strerror}") from None
+    for f in info.files.values():
+        existing = file_in(dest, f)
+        if existing is not None and check_file(f, existing)[0]:
+            continue
+        failures = []
+        for mirror in mirrors:
+            url = mirror.rstrip("/") + "/" + f.gz_name
+            try:
+                _download_verified(url, f, dest, progress=progress, timeout=timeout)
+                break
+            except _MirrorFailed as e:
+                failures.append(f"{url}: {e}")
+        else:
+            raise MnistCnnError(
+                not_found_message(info, data_dir, "downloading failed: " + "; ".join(failures))
+            )
+        if existing is not None and existing.name != f.gz_name:
+            existing.unlink()  # a bad uncompressed copy would shadow the good download
+    return dest
+
+
+class _MirrorFailed(Exception):
+    pass
+
+
+def _download_verified(url: str, f: DataFile, dest: Path, *, progress: bool, timeout: float):
+    fd, tmp_name = tempfile.mkstemp(dir=dest, prefix=f".{f.gz_name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            _stream(url, out, progress=progress, timeout=timeout, label=f.gz_name)
+            out.flush()
+            os.fsync(out.fileno())
+        ok, detail = check_file(f, tmp, gz=True)
+        if not ok:
+            raise _MirrorFailed(detail)
+        os.replace(tmp, dest / f.gz_name)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _stream(url: str, out, *, progress: bool, timeout: float, label: str) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": "mnist-cnn"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            from tqdm import tqdm
+
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                desc=label,
+                disable=not progress,
+                leave=False,
+            ) as bar:
+                received = 0
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+            if total is not None and received != total:
+                raise _MirrorFailed(f"connection closed after {received} of {total} bytes")
+    except urllib.error.HTTPError as e:
+        raise _MirrorFailed(f"HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        raise _MirrorFailed(str(e.reason)) from None
+    except (OSError, ValueError) as e:  # timeouts, resets, malformed URLs
+        raise _MirrorFailed(str(e) or type(e).__name__) from None

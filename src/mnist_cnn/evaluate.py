@@ -1,0 +1,68 @@
+"""Evaluating a model on a split: loss, accuracy, per-class accuracy and the confusion matrix."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 images (N, H, W) or (N, 1, H, W) -> float32 (N, 1, H, W), 0..1 then standardized."""
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    return (images.float() / 255.0 - mean) / std
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    accuracy: float  # fraction correct, 0..1
+    loss: float  # mean cross-entropy
+    per_class: list[float]  # accuracy (recall) of each true class
+    confusion: list[list[int]]  # confusion[true][predicted]
+    count: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    mean: float,
+    std: float,
+    num_classes: int = 10,
+    batch_size: int = 1000,
+) -> EvalResult:
+    """Run ``model`` in eval mode over uint8 ``images`` (N, 28, 28) with integer ``labels``."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start : start + batch_size].to(device), mean, std)
+        y = labels[start : start + batch_size].to(device)
+        logits = model(x)
+        total_loss += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        pred = logits.argmax(dim=1)
+        confusion += torch.bincount(
+            y * num_classes + pred, minlength=num_classes * num_classes
+        ).view(num_classes, num_classes)
+    model.train(was_training)
+    confusion = confusion.cpu()
+    count = int(confusion.sum())
+    correct = confusion.diag()
+    per_class = correct.double() / confusion.sum(dim=1).clamp(min=1).double()
+    return EvalResult(
+        accuracy=float(correct.sum()) / max(count, 1),
+        loss=float(total_loss) / max(count, 1),
+        per_class=[float(a) for a in per_class],
+        confusion=confusion.tolist(),
+        count=count,
+    )

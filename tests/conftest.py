@@ -1,0 +1,87 @@
+"""Shared fixtures: the real MNIST (required, never skipped) and small generated datasets."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnist_cnn.idx import encode_idx
+
+FILE_NAMES = {
+    "train-images": "train-images-idx3-ubyte",
+    "train-labels": "train-labels-idx1-ubyte",
+    "test-images": "t10k-images-idx3-ubyte",
+    "test-labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def _find_real_mnist() -> Path | None:
+    from mnist_cnn.datasets import get_dataset_info, locate
+
+    root = os.environ.get("MNIST_CNN_DATA")
+    try:
+        return locate(get_dataset_info("mnist"), root or None)
+    except Exception:
+        return None
+
+
+# Looked up once, before any test points the cache elsewhere.
+_REAL_MNIST = _find_real_mnist()
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    """The folder holding the real MNIST: under $MNIST_CNN_DATA, else wherever the library finds
+    it (cache, Debian's folder). Missing data fails the tests that need it; it never skips them."""
+    if _REAL_MNIST is None:
+        pytest.fail(
+            "the real MNIST is needed: set MNIST_CNN_DATA to a folder holding mnist/ "
+            "(CI uses ../shared/data) or run `mnist-cnn data fetch`"
+        )
+    return _REAL_MNIST
+
+
+def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable 28x28 'digits': class k is a bright bar at a class-specific place, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n).astype(np.uint8)
+    images = rng.integers(0, 40, size=(n, 28, 28)).astype(np.uint8)
+    for i, k in enumerate(labels):
+        row = 4 + 2 * int(k)
+        images[i, row : row + 2, 6:22] = 255 if k % 2 else 200
+    return images, labels
+
+
+def write_dataset(folder: Path, n_train: int = 300, n_test: int = 100, gz: bool = True) -> Path:
+    """Write a generated dataset in MNIST's four-file IDX layout; returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train, test = synthetic_digits(n_train, seed=1), synthetic_digits(n_test, seed=2)
+    arrays = {
+        "train-images": train[0], "train-labels": train[1],
+        "test-images": test[0], "test-labels": test[1],
+    }  # fmt: skip
+    for key, name in FILE_NAMES.items():
+        data = encode_idx(arrays[key])
+        if gz:
+            (folder / (name + ".gz")).write_bytes(gzip.compress(data))
+        else:
+            (folder / name).write_bytes(data)
+    return folder
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    """A data root holding mnist/ with a small generated dataset (not the real MNIST)."""
+    write_dataset(tmp_path / "data" / "mnist")
+    return tmp_path / "data"
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """No test reads or writes the user's real cache, or reaches a real mirror."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("MNIST_CNN_MIRRORS", "http://127.0.0.1:9/")  # discard port: refused

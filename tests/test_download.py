@@ -1,0 +1,170 @@
+"""The download path against a real HTTP server on 127.0.0.1: mirrors down, corrupt, good."""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from mnist_cnn import MnistCnnError, fetch, get_dataset_info, load_dataset, verify_folder
+from mnist_cnn.cli import main
+from mnist_cnn.datasets import cache_dir
+
+
+class Mirrors:
+    """One server, several mirrors: /good/ serves the files, /corrupt/ serves valid gzip of the
+    wrong bytes, /garbled/ damaged gzip, /short/ hangs up halfway; every request is recorded."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files = files
+        self.requests: list[str] = []
+        mirrors = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                mirrors.requests.append(self.path)
+                kind, _, name = self.path.strip("/").partition("/")
+                body = mirrors.files.get(name)
+                if body is None or kind not in ("good", "corrupt", "garbled", "short"):
+                    self.send_error(404)
+                    return
+                if kind == "corrupt":
+                    body = gzip.compress(b"not the file you are looking for")
+                elif kind == "garbled":
+                    body = body[:100] + bytes(len(body) - 100)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if kind == "short" else body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, kind: str) -> str:
+        return f"{self.base}/{kind}/"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def closed_port_url() -> str:
+    """A mirror that is down: a port on 127.0.0.1 that nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture
+def mnist_mirrors(mnist_dir):
+    folder = mnist_dir
+    server = Mirrors({p.name: p.read_bytes() for p in folder.glob("*.gz")})
+    yield server
+    server.close()
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_down_and_corrupt_mirrors_are_skipped_and_nothing_half_written(mnist_mirrors):
+    info = get_dataset_info("mnist")
+    mirrors = [closed_port_url(), mnist_mirrors.url("corrupt"), mnist_mirrors.url("good")]
+    dest = fetch(info, mirrors=mirrors)
+    assert dest == cache_dir("mnist")
+    assert sorted(p.name for p in dest.iterdir()) == sorted(f.gz_name for f in info.files.values())
+    assert all(c.ok for c in verify_folder(info, dest))
+    # every file was tried on the corrupt mirror before the good one
+    assert sum(r.startswith("/corrupt/") for r in mnist_mirrors.requests) == 4
+    assert sum(r.startswith("/good/") for r in mnist_mirrors.requests) == 4
+    # a second fetch finds the files verified in the cache and downloads nothing
+    before = len(mnist_mirrors.requests)
+    fetch(info, mirrors=[mnist_mirrors.url("good")])
+    assert len(mnist_mirrors.requests) == before
+
+
+def test_all_mirrors_failing_leaves_the_cache_clean(mnist_mirrors, monkeypatch):
+    monkeypatch.setenv("MNIST_CNN_DATA", "")
+    info = get_dataset_info("mnist")
+    bad = [closed_port_url(), mnist_mirrors.url("corrupt"), mnist_mirrors.url("garbled"),
+           mnist_mirrors.url("short"), mnist_mirrors.url("missing")]  # fmt: skip
+    with pytest.raises(MnistCnnError) as err:
+        fetch(info, mirrors=bad)
+    message = str(err.value)
+    assert "Connection refused" in message
+    assert "sha256 mismatch" in message
+    assert "unreadable" in message
+    assert "connection closed after" in message or "IncompleteRead" in message
+    assert "HTTP 404" in message
+    assert "--data-dir" in message and str(cache_dir("mnist")) in message
+    assert list(cache_dir("mnist").iterdir()) == []
+
+
+def test_load_dataset_downloads_when_nothing_is_found(mnist_mirrors, monkeypatch):
+    monkeypatch.delenv("MNIST_CNN_DATA", raising=False)
+    monkeypatch.setenv("MNIST_CNN_MIRRORS", mnist_mirrors.url("good"))
+    data = load_dataset("mnist")
+    assert data.source == cache_dir("mnist")
+    assert data.train_images.shape == (60000, 28, 28) and data.test_labels.shape == (10000,)
+    assert leftovers(cache_dir("mnist")) == []
+
+
+def test_cli_fetch_and_verify(mnist_mirrors, monkeypatch, capsys):
+    monkeypatch.delenv("MNIST_CNN_DATA", raising=False)
+    argv = ["data", "fetch", "--mirror", closed_port_url(), "--mirror", mnist_mirrors.url("good")]
+    assert main(argv) == 0
+    assert "downloaded and verified" in capsys.readouterr().out
+    assert main(["data", "verify"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("sha256 ok") == 4
+    # damage one cached file: verify says so and fails
+    target = cache_dir("mnist") / "t10k-labels-idx1-ubyte.gz"
+    target.write_bytes(gzip.compress(b"not mnist"))
+    assert main(["data", "verify"]) == 1
+    assert "sha256 mismatch" in capsys.readouterr().out
+    # fetching again replaces exactly the damaged file
+    assert main(["data", "fetch", "--mirror", mnist_mirrors.url("good")]) == 0
+    assert main(["data", "verify"]) == 0
+
+
+def test_md5_only_datasets_verify_the_gz(tmp_path, monkeypatch):
+    """KMNIST publishes only the MD5 of each .gz: a download is checked against it."""
+    import hashlib
+
+    from .conftest import write_dataset
+
+    folder = write_dataset(tmp_path / "gen")
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real = get_dataset_info("kmnist")
+    fake = type(real)(**{**real.__dict__, "files": {
+        k: type(f)(f.name, None, hashlib.md5(files[f.gz_name]).hexdigest())
+        for k, f in real.files.items()
+    }})  # fmt: skip
+    server = Mirrors(files)
+    try:
+        dest = fetch(fake, mirrors=[server.url("corrupt"), server.url("good")])
+    finally:
+        server.close()
+    assert [c.detail for c in verify_folder(fake, dest)] == ["md5 ok"] * 4
+
+
+def test_offline_error_lists_every_place_searched(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MNIST_CNN_MIRRORS", closed_port_url())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = main(["train", "--dataset", "kmnist", "--data-dir", str(empty), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    for place in (empty / "kmnist", cache_dir("kmnist"), Path("/usr/share/datasets/kmnist")):
+        assert str(place) in err
+    assert "--data-dir" in err and "MNIST_CNN_DATA" in err

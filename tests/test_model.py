@@ -1,0 +1,93 @@
+import math
+
+import pytest
+import torch
+
+from mnist_cnn import CustomCNN, ModelConfig, count_parameters, format_summary, summarize
+
+
+def test_parameter_count_matches_the_seed():
+    assert count_parameters(CustomCNN()) == 1_379_557
+
+
+def test_each_layer_has_the_seeds_output_shape():
+    shapes = {row.name: row.output_shape for row in summarize(CustomCNN())}
+    assert shapes == {
+        "layer1": (32, 14, 14),
+        "layer2": (64, 7, 7),
+        "layer3": (128, 4, 4),
+        "flatten": (2048,),
+        "layer4": (625,),
+        "layer5": (10,),
+    }
+
+
+def test_summary_parameters_add_up_and_print_like_the_seed():
+    model = CustomCNN()
+    rows = summarize(model)
+    assert sum(r.parameters for r in rows) == count_parameters(model)
+    text = format_summary(model)
+    assert "(?, 1, 28, 28) -> (?, 32, 14, 14)" in text
+    assert "(?, 64, 7, 7) -> (?, 128, 4, 4)" in text
+    assert "1,379,557" in text
+
+
+def test_summary_follows_the_model_not_a_table():
+    model = CustomCNN(ModelConfig(num_classes=7))
+    assert summarize(model)[-1].output_shape == (7,)
+    assert count_parameters(model) == 1_379_557 - 3 * 626
+
+
+def test_state_dict_uses_the_seeds_names():
+    names = set(CustomCNN().state_dict())
+    assert {
+        "layer1.0.weight",
+        "layer2.0.bias",
+        "layer3.0.weight",
+        "fc1.weight",
+        "fc2.bias",
+    } <= names
+
+
+def test_forward_returns_logits_and_predict_proba_probabilities():
+    model = CustomCNN()
+    x = torch.randn(5, 1, 28, 28)
+    logits = model(x)
+    assert logits.shape == (5, 10)
+    model.train()
+    probs = model.predict_proba(x)
+    assert model.training, "predict_proba must restore the mode it found"
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(5))
+    model.eval()
+    torch.testing.assert_close(probs, torch.softmax(model(x), dim=1))
+
+
+def test_linear_weights_are_xavier_uniform_and_biases_default():
+    torch.manual_seed(0)
+    model = CustomCNN()
+    for fc in (model.fc1, model.fc2):
+        fan_out, fan_in = fc.weight.shape
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        assert fc.weight.abs().max() <= bound
+        assert fc.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+        # PyTorch's default bias init is U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        assert fc.bias.abs().max() <= 1 / math.sqrt(fan_in)
+    conv = model.layer1[0].weight  # default Kaiming-uniform(a=sqrt(5)): bound 1/sqrt(fan_in)
+    assert conv.abs().max() <= 1 / math.sqrt(9)
+
+
+def test_same_seed_same_weights():
+    torch.manual_seed(777)
+    a = CustomCNN().state_dict()
+    torch.manual_seed(777)
+    b = CustomCNN().state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_dropout_is_active_only_in_training_mode():
+    model = CustomCNN()
+    x = torch.randn(8, 1, 28, 28)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    assert not torch.equal(model(x), model(x))

@@ -1,0 +1,132 @@
+"""Training, checkpoints and resume, on a small generated dataset."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mnist_cnn import TrainConfig, evaluate, load_dataset, load_run, train
+from mnist_cnn.cli import main
+
+
+def config(data, tmp_path, **kw) -> TrainConfig:
+    base = dict(data_dir=str(data), out=str(tmp_path / "runs"), epochs=2, batch_size=50)
+    return TrainConfig(**{**base, **kw})
+
+
+def weights(run_dir):
+    return load_file(run_dir / "model.safetensors")
+
+
+def test_run_directory_holds_everything_needed(tiny_data, tmp_path):
+    result = train(config(tiny_data, tmp_path, name="r"))
+    run = result.run_dir
+    assert sorted(p.name for p in run.iterdir()) == [
+        "config.json", "metrics.jsonl", "model.safetensors", "state.pt",
+    ]  # fmt: skip
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["architecture"] == "CustomCNN"
+    assert cfg["model"]["parameters"] == 1_379_557
+    assert cfg["data"]["mean"] == pytest.approx(0.1307) and cfg["data"]["std"] == pytest.approx(
+        0.3081
+    )
+    assert cfg["data"]["classes"] == [str(i) for i in range(10)]
+    assert cfg["training"]["batch_size"] == 50 and cfg["training"]["seed"] == 777
+    assert {"torch", "numpy", "python", "mnist_cnn"} <= set(cfg["versions"])
+    assert cfg["epochs_completed"] == 2 and cfg["metrics"] == result.final
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    state = torch.load(run / "state.pt", weights_only=True)
+    assert state["epoch"] == 2 and "optimizer" in state and "rng" in state
+
+
+def test_it_learns_and_the_saved_model_scores_what_training_reported(tiny_data, tmp_path):
+    result = train(config(tiny_data, tmp_path, epochs=3))
+    assert result.final["test_accuracy"] >= 0.9  # the generated classes are easy
+    trained = load_run(result.run_dir)
+    data = load_dataset("mnist", tiny_data)
+    again = evaluate(
+        trained.model, data.test_images, data.test_labels, mean=trained.mean, std=trained.std
+    )
+    assert again.accuracy == result.final["test_accuracy"]
+    assert again.loss == pytest.approx(result.final["test_loss"], rel=1e-5)
+
+
+def test_same_seed_gives_the_same_weights(tiny_data, tmp_path):
+    a = train(config(tiny_data, tmp_path, name="a")).run_dir
+    b = train(config(tiny_data, tmp_path, name="b")).run_dir
+    c = train(config(tiny_data, tmp_path, name="c", seed=1)).run_dir
+    wa, wb, wc = weights(a), weights(b), weights(c)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not torch.equal(wa["fc1.weight"], wc["fc1.weight"])
+
+
+def test_resumed_run_is_bitwise_the_uninterrupted_one(tiny_data, tmp_path):
+    full = train(config(tiny_data, tmp_path, name="full", epochs=3, deterministic=True))
+    part = train(config(tiny_data, tmp_path, name="part", epochs=1, deterministic=True))
+    resumed = train(config(tiny_data, tmp_path, name="part", epochs=3, deterministic=True),
+                    resume=part.run_dir)  # fmt: skip
+    wf, wr = weights(full.run_dir), weights(resumed.run_dir)
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+    keys = ("epoch", "train_loss", "test_loss", "test_accuracy")
+    assert [{k: r[k] for k in keys} for r in full.history] == [
+        {k: r[k] for k in keys} for r in resumed.history
+    ]
+
+
+def test_validation_split_is_held_out(tiny_data, tmp_path):
+    result = train(config(tiny_data, tmp_path, epochs=1, val_size=50))
+    assert "val_accuracy" in result.final
+    assert json.loads((result.run_dir / "config.json").read_text())["training"]["val_size"] == 50
+
+
+def test_kill_9_loses_at_most_the_epoch_in_progress(tiny_data, tmp_path):
+    run = tmp_path / "runs" / "killed"
+    cmd = [sys.executable, "-m", "mnist_cnn", "train", "--data-dir", str(tiny_data),
+           "--out", str(tmp_path / "runs"), "--name", "killed", "--epochs", "500",
+           "--batch-size", "50"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "state.pt").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no epoch completed in time"
+            time.sleep(0.05)
+        time.sleep(0.7)  # kill somewhere inside a later epoch or a checkpoint write
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = torch.load(run / "state.pt", weights_only=True)["epoch"]
+    assert done >= 1
+    assert load_run(run).model is not None  # what is on disk is whole
+    target = done + 1
+    assert main(["train", "--resume", str(run), "--epochs", str(target)]) == 0
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == list(range(1, target + 1))
+    assert not list(run.glob(".*.tmp")), "resume clears what an interrupted write left"
+
+
+def test_resume_refuses_to_change_the_recipe(tiny_data, tmp_path, capsys):
+    run = train(config(tiny_data, tmp_path, epochs=1)).run_dir
+    assert main(["train", "--resume", str(run), "--batch-size", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-size cannot change" in err and "Traceback" not in err
+
+
+def test_existing_run_name_is_not_overwritten(tiny_data, tmp_path, capsys):
+    train(config(tiny_data, tmp_path, epochs=1, name="taken"))
+    argv = ["train", "--data-dir", str(tiny_data), "--out", str(tmp_path / "runs"),
+            "--name", "taken", "--epochs", "1"]  # fmt: skip
+    assert main(argv) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_limit_train_uses_that_many_images(tiny_data, tmp_path):
+    result = train(config(tiny_data, tmp_path, epochs=1, limit_train=120, batch_size=100))
+    assert result.final["images_per_second"] * result.final["epoch_seconds"] == pytest.approx(120)
