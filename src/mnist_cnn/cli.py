@@ -28,13 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mnist-cnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def data_args(p, dataset_default):
-        p.add_argument(
-            "--dataset",
-            choices=list(DATASETS),
-            default=dataset_default,
-            help=f"dataset name (default: {dataset_default or 'the run’s'})",
-        )
+    def data_args(p, default, shown_default):
+        p.add_argument("--dataset", choices=list(DATASETS), default=default,
+                       help=f"dataset name (default: {shown_default})")
         p.add_argument("--data-dir", metavar="DIR",
                        help="folder with the dataset, or a root holding <dataset>/ folders "
                             "(default: $MNIST_CNN_DATA)")  # fmt: skip
@@ -42,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train CustomCNN (defaults: the reference recipe)",
                        description="Train CustomCNN. Defaults are the reference recipe: Adam "
                                    "lr 1e-3, batch 100, 15 epochs, seed 777.")  # fmt: skip
-    data_args(t, None)
+    data_args(t, None, "mnist")
     t.add_argument("--epochs", type=int, help="epochs to train (default 15)")
     t.add_argument("--batch-size", type=int, help="images per step (default 100)")
     t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
@@ -69,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy, confusion matrix")
     e.add_argument("run", metavar="RUN", help="run directory, or a model.safetensors in one")
-    data_args(e, None)
+    data_args(e, None, "the run's own")
     e.add_argument("--split", choices=["test", "train"], default="test")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--device", choices=DEVICES, default="auto")
@@ -81,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--data-dir", metavar="DIR")
     dl.set_defaults(func=cmd_data_list)
     df = dsub.add_parser("fetch", help="download a dataset into the user cache")
-    data_args(df, "mnist")
+    data_args(df, "mnist", "mnist")
     df.add_argument(
         "--mirror",
         action="append",
@@ -95,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     df.set_defaults(func=cmd_data_fetch)
     dv = dsub.add_parser("verify", help="check a dataset's files against their checksums")
-    data_args(dv, "mnist")
+    data_args(dv, "mnist", "mnist")
     dv.set_defaults(func=cmd_data_verify)
 
     s = sub.add_parser("summary", help="each layer's output shape and parameter count")
