@@ -31,11 +31,12 @@ def test_python_dash_m_is_the_same_cli():
     assert out.startswith("mnist-cnn ")
 
 
-def test_help_and_usage_errors():
+def test_help_and_usage_errors(capsys):
     assert main(["--help"]) == 0
-    assert main([]) == 2
-    assert main(["train", "--epochs", "many"]) == 2
-    assert main(["train", "--dataset", "cifar"]) == 2
+    assert "train" in capsys.readouterr().out
+    for argv in ([], ["train", "--epochs", "many"], ["train", "--dataset", "cifar"], ["fly"]):
+        assert main(argv) == 2
+        assert one_line_error(capsys).startswith("mnist-cnn")
 
 
 def test_train_prints_an_epoch_line_and_the_run_directory(tiny_data, tmp_path, capsys):
@@ -101,11 +102,23 @@ def test_corrupt_data_names_the_file(tiny_data, tmp_path, capsys):
     assert str(bad) in err
 
 
+def test_empty_split_is_rejected(tiny_data, tmp_path, capsys):
+    bad = tiny_data / "mnist" / "t10k-images-idx3-ubyte.gz"
+    bad.write_bytes(encode_idx(np.zeros((0, 28, 28), np.uint8)))
+    (tiny_data / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(
+        encode_idx(np.zeros(0, np.uint8))
+    )
+    assert main(["train", "--data-dir", str(tiny_data), "--out", str(tmp_path)]) == 2
+    assert f"{bad}: holds no images" in one_line_error(capsys)
+
+
 def test_bad_flag_values(tiny_data, capsys):
     assert main(["train", "--data-dir", str(tiny_data), "--epochs", "0"]) == 2
     assert "--epochs must be at least 1" in one_line_error(capsys)
     assert main(["train", "--data-dir", "/no/such/dir"]) == 2
     assert "no such directory" in one_line_error(capsys)
+    assert main(["train", "--data-dir", str(tiny_data), "--seed", str(10**14)]) == 2
+    assert "--seed must be between" in one_line_error(capsys)
 
 
 def test_unwritable_output(tiny_data, tmp_path, capsys):

@@ -157,6 +157,28 @@ def test_md5_only_datasets_verify_the_gz(tmp_path, monkeypatch):
     assert [c.detail for c in verify_folder(fake, dest)] == ["md5 ok"] * 4
 
 
+def test_a_killed_download_leaves_nothing_that_counts(mnist_mirrors):
+    info = get_dataset_info("mnist")
+    dest = cache_dir("mnist")
+    dest.mkdir(parents=True)
+    (dest / ".train-images-idx3-ubyte.gz.x1y2.tmp").write_bytes(b"partial")
+    fetch(info, mirrors=[mnist_mirrors.url("good")])
+    assert leftovers(dest) == []
+    assert (dest / "train-images-idx3-ubyte.gz").stat().st_mode & 0o044, "readable like any file"
+
+
+def test_a_folder_of_one_dataset_is_not_taken_for_another(mnist_dir, tmp_path, capsys):
+    # the family shares file names: MNIST's folder must not pass for Kuzushiji-MNIST
+    from mnist_cnn.datasets import identify, locate
+
+    assert identify(mnist_dir) == "mnist"
+    assert locate(get_dataset_info("mnist"), mnist_dir) == mnist_dir
+    assert locate(get_dataset_info("kmnist"), mnist_dir) is None
+    assert main(["data", "list", "--data-dir", str(mnist_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(f"found: {mnist_dir} (verified)") == 1
+
+
 def test_offline_error_lists_every_place_searched(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MNIST_CNN_MIRRORS", closed_port_url())
     empty = tmp_path / "empty"

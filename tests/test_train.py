@@ -80,10 +80,23 @@ def test_resumed_run_is_bitwise_the_uninterrupted_one(tiny_data, tmp_path):
     ]
 
 
-def test_validation_split_is_held_out(tiny_data, tmp_path):
+def test_validation_split_is_held_out_and_seeded(tiny_data, tmp_path):
+    from mnist_cnn.train import _make_splits
+
     result = train(config(tiny_data, tmp_path, epochs=1, val_size=50))
-    assert "val_accuracy" in result.final
-    assert json.loads((result.run_dir / "config.json").read_text())["training"]["val_size"] == 50
+    assert 0 <= result.final["val_accuracy"] <= 1
+    cfg = json.loads((result.run_dir / "config.json").read_text())
+    assert cfg["data"]["train_size"] == 250 and cfg["data"]["val_size"] == 50
+    data = load_dataset("mnist", tiny_data)
+
+    def split(seed):
+        s = _make_splits(data, config(tiny_data, tmp_path, val_size=50, seed=seed), "cpu")
+        return s.train_x.flatten(1), s.val[0].flatten(1)
+
+    train_x, val_x = split(777)
+    rows = {tuple(r.tolist()) for r in train_x}
+    assert not any(tuple(r.tolist()) in rows for r in val_x), "held-out images are not trained on"
+    assert torch.equal(split(777)[1], val_x) and not torch.equal(split(5)[1], val_x)
 
 
 def test_kill_9_loses_at_most_the_epoch_in_progress(tiny_data, tmp_path):
@@ -129,4 +142,37 @@ def test_existing_run_name_is_not_overwritten(tiny_data, tmp_path, capsys):
 
 def test_limit_train_uses_that_many_images(tiny_data, tmp_path):
     result = train(config(tiny_data, tmp_path, epochs=1, limit_train=120, batch_size=100))
-    assert result.final["images_per_second"] * result.final["epoch_seconds"] == pytest.approx(120)
+    assert json.loads((result.run_dir / "config.json").read_text())["data"]["train_size"] == 120
+
+
+def test_a_run_killed_in_its_first_epoch_can_be_resumed(tiny_data, tmp_path):
+    from mnist_cnn.checkpoint import CONFIG_FILE
+
+    full = train(config(tiny_data, tmp_path, name="full", epochs=1))
+    # what a kill -9 inside epoch 1 leaves: config.json, and a temp file of a write in progress
+    crashed = tmp_path / "runs" / "crashed"
+    crashed.mkdir()
+    cfg = json.loads((full.run_dir / CONFIG_FILE).read_text())
+    cfg["epochs_completed"], cfg["metrics"], cfg["training"]["name"] = 0, {}, "crashed"
+    (crashed / CONFIG_FILE).write_text(json.dumps(cfg))
+    (crashed / ".model.safetensors.abc123.tmp").write_bytes(b"half")
+    resumed = train(resume=crashed)
+    assert [r["epoch"] for r in resumed.history] == [1]
+    wf, wr = weights(full.run_dir), weights(crashed)
+    assert all(torch.equal(wf[k], wr[k]) for k in wf), "a restart from epoch 0 is the same run"
+    assert not list(crashed.glob(".*.tmp"))
+
+
+def test_resume_rejects_another_architecture_and_a_broken_state(tiny_data, tmp_path, capsys):
+    run = train(config(tiny_data, tmp_path, epochs=1)).run_dir
+    state = torch.load(run / "state.pt", weights_only=True)
+    del state["optimizer"]
+    torch.save(state, run / "state.pt")
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    assert "missing optimizer" in capsys.readouterr().err
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"]["architecture"] = "LeNet5"
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "'LeNet5', not CustomCNN" in err and "Traceback" not in err

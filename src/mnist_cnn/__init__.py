@@ -1,6 +1,11 @@
 """mnist-cnn: the CustomCNN of the 'CNN with Python' tutorial, trained on the MNIST family."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("mnist-cnn")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
 
 from .checkpoint import TrainedModel, load_run, save_weights  # noqa: E402
 from .datasets import DATASETS, Dataset, DatasetInfo, get_dataset_info, load_dataset  # noqa: E402

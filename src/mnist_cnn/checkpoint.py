@@ -96,7 +96,19 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MnistCnnError(f"{path}: unreadable ({e})") from None
+
+
+def check_architecture(config: dict, run_dir: Path) -> None:
+    found = config["model"].get("architecture") if isinstance(config["model"], dict) else None
+    if found != ARCHITECTURE:
+        raise MnistCnnError(
+            f"{run_dir}: checkpoint is for architecture {found!r}, not {ARCHITECTURE}"
+        )
 
 
 @dataclass
@@ -140,12 +152,8 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Tra
     """Rebuild the model of a run directory (or of a model.safetensors with config.json beside)."""
     run_dir, weights = resolve_run(path)
     config = read_config(run_dir)
+    check_architecture(config, run_dir)
     model_cfg = config["model"]
-    if model_cfg.get("architecture") != ARCHITECTURE:
-        raise MnistCnnError(
-            f"{run_dir}: checkpoint is for architecture {model_cfg.get('architecture')!r}, "
-            f"not {ARCHITECTURE}"
-        )
     try:
         model = CustomCNN(ModelConfig(**model_cfg.get("args", {})))
     except (TypeError, ValueError, RuntimeError) as e:

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 from dataclasses import fields, replace
-from pathlib import Path
 
 from . import __version__
 from .errors import MnistCnnError
@@ -17,11 +16,18 @@ EXIT_USAGE = 2
 RESUMABLE = {"epochs", "device", "data_dir", "eval_batch_size"}
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and exit code 2, like every other user error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .datasets import DATASETS
     from .device import DEVICES
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mnist-cnn",
         description="Train, evaluate and inspect the CustomCNN of the 'CNN with Python' tutorial.",
     )
@@ -29,8 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def data_args(p, default, shown_default):
-        p.add_argument("--dataset", choices=list(DATASETS), default=default,
-                       help=f"dataset name (default: {shown_default})")
+        p.add_argument(
+            "--dataset",
+            choices=list(DATASETS),
+            default=default,
+            help=f"dataset name (default: {shown_default})",
+        )
         p.add_argument("--data-dir", metavar="DIR",
                        help="folder with the dataset, or a root holding <dataset>/ folders "
                             "(default: $MNIST_CNN_DATA)")  # fmt: skip
@@ -129,13 +139,12 @@ def _log(line: str) -> None:
 
 
 def cmd_train(args) -> int:
-    from .checkpoint import read_config
-    from .train import TrainConfig, train
+    from .train import TrainConfig, load_train_config, train
 
     names = [f.name for f in fields(TrainConfig)]
     given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if args.resume:
-        saved = TrainConfig.from_dict(read_config(Path(args.resume))["training"])
+        _, saved = load_train_config(args.resume)
         changed = [n for n, v in given.items() if n not in RESUMABLE and getattr(saved, n) != v]
         if changed:
             flags = ", ".join("--" + n.replace("_", "-") for n in changed)
@@ -197,15 +206,20 @@ def format_confusion(confusion, per_class, classes) -> str:
 
 def cmd_data_list(args) -> int:
     from .datasets import DATASETS, candidate_dirs, locate
+    from .download import verify_folder
 
     for info in DATASETS.values():
         folder = locate(info, args.data_dir)
-        where = str(folder) if folder else "not found (will download on first use)"
+        if folder is None:
+            where = "not found (downloaded on first use, or by `mnist-cnn data fetch`)"
+        else:
+            bad = [c for c in verify_folder(info, folder) if not c.ok]
+            verdict = "verified" if not bad else f"{len(bad)} files FAIL verification"
+            where = f"{folder} ({verdict})"
+        searched = ", ".join(str(p) for p in candidate_dirs(info, args.data_dir))
         print(f"{info.name:<14} {info.title}")
         print(f"{'':<14} found: {where}")
-        print(
-            f"{'':<14} searched: {', '.join(str(p) for p in candidate_dirs(info, args.data_dir))}"
-        )
+        print(f"{'':<14} searched: {searched}")
     return 0
 
 

@@ -210,12 +210,35 @@ def find_files(info: DatasetInfo, folder: Path) -> dict[str, Path] | None:
 
 
 def locate(info: DatasetInfo, data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The first folder that holds all of the dataset's files, or None."""
+    """The first folder that holds all of the dataset's files, or None.
+
+    The family shares file names, so a folder whose labels are recognizably another dataset's
+    (say, MNIST's files when Fashion-MNIST is asked for) does not count.
+    """
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         raise MnistCnnError(f"--data-dir {data_dir}: no such directory")
     for folder in candidate_dirs(info, data_dir):
-        if find_files(info, folder) is not None:
+        if find_files(info, folder) is not None and identify(folder) in (None, info.name):
             return folder
+    return None
+
+
+def identify(folder: Path) -> str | None:
+    """Which known dataset the training labels in ``folder`` are (by checksum), if any."""
+    from .files import file_digest
+
+    for info in DATASETS.values():
+        f = info.files["train-labels"]
+        path = file_in(folder, f)
+        if path is None:
+            continue
+        try:
+            if f.sha256 and file_digest(path, "sha256", decompress=True) == f.sha256:
+                return info.name
+            if path.name.endswith(".gz") and file_digest(path, "md5") == f.md5_gz:
+                return info.name
+        except (OSError, EOFError, ValueError):
+            return None  # unreadable: loading will say what is wrong with it
     return None
 
 
@@ -266,6 +289,8 @@ def load_folder(info: DatasetInfo, folder: str | os.PathLike) -> Dataset:
             raise MnistCnnError(f"{path}: holds {found}, expected {wanted}")
     for split in SPLITS:
         images, labels = arrays[f"{split}-images"], arrays[f"{split}-labels"]
+        if len(images) == 0:
+            raise MnistCnnError(f"{paths[f'{split}-images']}: holds no images")
         if len(images) != len(labels):
             raise MnistCnnError(
                 f"{folder}: {split} split has {len(images)} images but {len(labels)} labels"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .datasets import DataFile, DatasetInfo, cache_dir, file_in, not_found_message
 from .errors import MnistCnnError
-from .files import file_digest
+from .files import atomic_write, file_digest, remove_stale_temp_files
 
 _CHUNK = 1 << 16
 
@@ -80,6 +80,7 @@ def fetch(
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MnistCnnError(f"cannot create {dest}: {e.strerror}") from None
+    remove_stale_temp_files(dest)  # left by a download that was killed
     for f in info.files.values():
         existing = file_in(dest, f)
         if existing is not None and check_file(f, existing)[0]:
@@ -106,19 +107,15 @@ class _MirrorFailed(Exception):
 
 
 def _download_verified(url: str, f: DataFile, dest: Path, *, progress: bool, timeout: float):
-    fd, tmp_name = tempfile.mkstemp(dir=dest, prefix=f".{f.gz_name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            _stream(url, out, progress=progress, timeout=timeout, label=f.gz_name)
-            out.flush()
-            os.fsync(out.fileno())
+    def verify(tmp: Path) -> None:
         ok, detail = check_file(f, tmp, gz=True)
         if not ok:
             raise _MirrorFailed(detail)
-        os.replace(tmp, dest / f.gz_name)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def write(out) -> None:
+        _stream(url, out, progress=progress, timeout=timeout, label=f.gz_name)
+
+    atomic_write(dest / f.gz_name, write, check=verify)
 
 
 def _stream(url: str, out, *, progress: bool, timeout: float, label: str) -> None:
@@ -147,5 +144,5 @@ def _stream(url: str, out, *, progress: bool, timeout: float, label: str) -> Non
         raise _MirrorFailed(f"HTTP {e.code} {e.reason}") from None
     except urllib.error.URLError as e:
         raise _MirrorFailed(str(e.reason)) from None
-    except (OSError, ValueError) as e:  # timeouts, resets, malformed URLs
+    except (OSError, ValueError, http.client.HTTPException) as e:  # timeouts, resets, bad URLs
         raise _MirrorFailed(str(e) or type(e).__name__) from None

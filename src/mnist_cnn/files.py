@@ -23,10 +23,16 @@ def _default_mode() -> int:
 _FILE_MODE = _default_mode()  # mkstemp makes 0600 files; finished files get the usual mode
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+def atomic_write(
+    path: str | os.PathLike,
+    write: Callable[[BinaryIO], None],
+    check: Callable[[Path], None] | None = None,
+) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it, rename it over ``path``.
 
-    A crash at any point leaves either the old file or the new one, never a mix.
+    ``check(temp_path)``, if given, runs on the complete temporary file before the rename and
+    may raise to refuse it. A crash at any point leaves the old file or the new one, never a
+    mix; what it leaves behind is a ``.*.tmp`` file that :func:`remove_stale_temp_files` clears.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -36,6 +42,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -17,6 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    METRICS_FILE,
+    STATE_FILE,
+    check_architecture,
+    check_state_dict,
     library_versions,
     load_state,
     read_config,
@@ -27,7 +33,7 @@ from .datasets import Dataset, load_dataset
 from .device import configure_determinism, seed_everything, select_device
 from .errors import MnistCnnError
 from .evaluate import EvalResult, evaluate, normalize
-from .files import remove_stale_temp_files
+from .files import atomic_write_json, remove_stale_temp_files
 from .model import ARCHITECTURE, CustomCNN, ModelConfig, count_parameters
 
 
@@ -57,6 +63,8 @@ class TrainConfig:
             raise MnistCnnError("--lr must be a positive number")
         if self.limit_train is not None and self.limit_train < 1:
             raise MnistCnnError("--limit-train must be at least 1")
+        if not 0 <= self.seed < 2**32:
+            raise MnistCnnError("--seed must be between 0 and 2**32 - 1")
         if self.val_size < 0:
             raise MnistCnnError("--val-size must not be negative")
 
@@ -151,10 +159,10 @@ def _new_run_dir(config: TrainConfig) -> Path:
     return run_dir
 
 
-def _run_config(config, data, model, device, history, started) -> dict:
+def _run_config(config, data, splits, model, device, history, started) -> dict:
     final = history[-1] if history else {}
     return {
-        "format": 1,
+        "format": FORMAT_VERSION,
         "model": {
             "architecture": ARCHITECTURE,
             "args": model.config.to_dict(),
@@ -167,6 +175,9 @@ def _run_config(config, data, model, device, history, started) -> dict:
             "std": data.info.std,
             "image_size": model.config.image_size,
             "source": str(data.source),
+            "train_size": len(splits.train_x),
+            "val_size": 0 if splits.val is None else len(splits.val[0]),
+            "test_size": len(splits.test[0]),
         },
         "training": asdict(config),
         "device": str(device),
@@ -190,10 +201,11 @@ def train(
     only ``epochs``/``device``/``data_dir`` changed. ``log`` receives one line per event.
     """
     log = log or (lambda line: None)
-    run_dir = Path(resume) if resume is not None else None
-    saved = read_config(run_dir) if run_dir is not None else None
-    if config is None:
-        config = TrainConfig.from_dict(saved["training"]) if saved else TrainConfig()
+    saved = None
+    if resume is not None:
+        saved, saved_config = load_train_config(resume)
+        config = config or saved_config
+    config = config or TrainConfig()
     config.validate()
     device = select_device(config.device)
     configure_determinism(config.deterministic, device)
@@ -203,23 +215,18 @@ def train(
     seed_everything(config.seed)
     model = CustomCNN(ModelConfig(num_classes=data.info.num_classes)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    history: list[dict] = []
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if run_dir is None:
-        run_dir = _new_run_dir(config)
+    if resume is None:
+        run_dir, started, history = _new_run_dir(config), _now(), []
+        # config.json first: a run killed in its first epoch can still be resumed
+        first = _run_config(config, data, splits, model, device, [], started)
+        atomic_write_json(run_dir / CONFIG_FILE, first)
     else:
-        started = saved.get("created", started)
-        remove_stale_temp_files(run_dir)  # from a write the crash interrupted
-        state = load_state(run_dir)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            _set_rng_state(state["rng"], device)
-            history = read_metrics(run_dir)[: state["epoch"]]
-    n = len(splits.train_x)
+        run_dir, started = Path(resume), saved.get("created") or _now()
+        history = _restore(run_dir, model, optimizer, device)
     log(
-        f"training {ARCHITECTURE} on {data.info.name}: {n:,} train / {len(splits.test[0]):,} test "
-        f"images from {data.source}, on {device}; run directory {run_dir}"
+        f"training {ARCHITECTURE} on {data.info.name}: {len(splits.train_x):,} train / "
+        f"{len(splits.test[0]):,} test images from {data.source}, on {device}; "
+        f"run directory {run_dir}"
     )
     if len(history) >= config.epochs:
         log(f"{run_dir} has already completed {len(history)} of {config.epochs} epochs")
@@ -233,10 +240,55 @@ def train(
             "optimizer": optimizer.state_dict(),
             "rng": _rng_state(device),
         }
-        run_config = _run_config(config, data, model, device, history, started)
+        run_config = _run_config(config, data, splits, model, device, history, started)
         write_checkpoint(run_dir, config=run_config, history=history, model=model, state=state)
         log(format_epoch(record, config.epochs))
     return TrainResult(run_dir=run_dir, model=model, history=history)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def load_train_config(run_dir: str | Path) -> tuple[dict, TrainConfig]:
+    """A run's saved configuration and the training settings in it, checked for resuming."""
+    run_dir = Path(run_dir)
+    saved = read_config(run_dir)
+    check_architecture(saved, run_dir)
+    if not isinstance(saved.get("training"), dict):
+        raise MnistCnnError(f"{run_dir / CONFIG_FILE}: has no training settings to resume with")
+    try:
+        return saved, TrainConfig.from_dict(saved["training"])
+    except TypeError as e:
+        raise MnistCnnError(f"{run_dir / CONFIG_FILE}: bad training settings ({e})") from None
+
+
+_STATE_KEYS = ("epoch", "model", "optimizer", "rng")
+
+
+def _restore(run_dir: Path, model, optimizer, device) -> list[dict]:
+    """Load a run's last complete epoch into ``model`` and ``optimizer``; returns its history."""
+    remove_stale_temp_files(run_dir)  # from a write the crash interrupted
+    state = load_state(run_dir)
+    if state is None:
+        return []  # killed during its first epoch: start it again
+    path = run_dir / STATE_FILE
+    missing = [k for k in _STATE_KEYS if k not in state]
+    if missing:
+        raise MnistCnnError(f"{path}: not a resume state (missing {', '.join(missing)})")
+    check_state_dict(model, state["model"], path)
+    model.load_state_dict(state["model"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise MnistCnnError(f"{path}: optimizer state does not fit ({e})") from None
+    _set_rng_state(state["rng"], device)
+    history = read_metrics(run_dir)[: state["epoch"]]
+    if len(history) != state["epoch"]:
+        raise MnistCnnError(
+            f"{run_dir / METRICS_FILE}: has {len(history)} epochs, state.pt {state['epoch']}"
+        )
+    return history
 
 
 def _train_epoch(model, optimizer, splits: _Splits, config: TrainConfig, epoch, progress) -> dict:
