@@ -13,6 +13,7 @@ they alternate --repeats times and the medians are compared. Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import tempfile
@@ -65,6 +66,16 @@ def our_epoch(data_dir, n: int, batch_size: int, out: str) -> float:
     return train(config).final["epoch_seconds"]
 
 
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=6000, help="images per timed epoch")
@@ -83,8 +94,9 @@ def main() -> None:
         for _ in range(args.repeats):
             ours.append(our_epoch(args.data_dir, n, args.batch_size, out))
             naive.append(naive_epoch(data, n, args.batch_size, args.workers))
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-          f"torch threads, torch {torch.__version__}")  # fmt: skip
+    isa = torch.backends.cpu.get_cpu_capability()
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs ({isa}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
     print(f"{n} images per timed pass, batch {args.batch_size}, {args.repeats} repeats, medians")
     print(f"{'pipeline':<34} {'images/s':>10} {'s/epoch (60k)':>14}")
     for name, times in (("naive (PIL Dataset + DataLoader)", naive), ("mnist-cnn", ours)):
