@@ -91,3 +91,21 @@ def test_dropout_is_active_only_in_training_mode():
     assert torch.equal(model(x), model(x))
     model.train()
     assert not torch.equal(model(x), model(x))
+
+
+def test_forward_computes_the_seeds_conv_relu_pool_exactly():
+    """forward pools before the ReLU (faster); values and gradients are the seed's, bit for bit."""
+    torch.manual_seed(3)
+    model = CustomCNN().eval()
+    x = torch.randn(16, 1, 28, 28, requires_grad=True)
+
+    def seed_forward(m, x):  # the seed's forward, module by module
+        x = m.layer3(m.layer2(m.layer1(x))).view(x.size(0), -1)
+        return m.fc2(m.dropout(m.relu(m.fc1(x))))
+
+    ours, theirs = model(x), seed_forward(model, x)
+    assert torch.equal(ours, theirs)
+    g_ours = torch.autograd.grad(ours.square().sum(), [x, *model.parameters()])
+    g_theirs = torch.autograd.grad(theirs.square().sum(), [x, *model.parameters()])
+    for a, b in zip(g_ours, g_theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

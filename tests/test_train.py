@@ -176,3 +176,47 @@ def test_resume_rejects_another_architecture_and_a_broken_state(tiny_data, tmp_p
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
     err = capsys.readouterr().err
     assert "'LeNet5', not CustomCNN" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("recipe", ["reference", "fast", "best"])
+def test_each_recipe_runs_end_to_end(recipe, tiny_data, tmp_path):
+    from mnist_cnn.train import RECIPES
+
+    cfg = TrainConfig.from_recipe(
+        recipe, data_dir=str(tiny_data), out=str(tmp_path), epochs=2, batch_size=50
+    )
+    result = train(cfg)
+    saved = json.loads((result.run_dir / "config.json").read_text())["training"]
+    assert saved["recipe"] == recipe
+    for key, value in RECIPES[recipe].items():
+        if key not in ("epochs", "batch_size"):
+            assert saved[key] == value
+    assert result.final["test_accuracy"] > 0.5  # learns the generated classes even in 2 epochs
+
+
+def test_flags_override_the_recipe(tiny_data, tmp_path):
+    argv = ["train", "--recipe", "fast", "--batch-size", "64", "--data-dir", str(tiny_data),
+            "--out", str(tmp_path), "--name", "r", "--epochs", "1"]  # fmt: skip
+    assert main(argv) == 0
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())["training"]
+    assert (saved["recipe"], saved["batch_size"], saved["schedule"]) == ("fast", 64, "onecycle")
+
+
+def test_interrupted_onecycle_run_resumes_exactly(tiny_data, tmp_path):
+    """The schedule's position is part of the resume state: an interrupted run ends the same."""
+    kw = dict(data_dir=str(tiny_data), out=str(tmp_path), epochs=3, batch_size=50,
+              deterministic=True)  # fmt: skip
+    full = train(TrainConfig.from_recipe("best", name="full", **kw))
+
+    def stop_after_first_epoch(line):
+        if line.startswith("epoch 1/3"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig.from_recipe("best", name="cut", **kw), log=stop_after_first_epoch)
+    resumed = train(resume=tmp_path / "cut")
+    wf, wr = weights(full.run_dir), weights(resumed.run_dir)
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+    with pytest.raises(Exception, match="planned for 3 epochs"):
+        train(TrainConfig.from_recipe("best", name="cut", **{**kw, "epochs": 5}),
+              resume=tmp_path / "cut")  # fmt: skip

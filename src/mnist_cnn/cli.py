@@ -26,6 +26,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from .datasets import DATASETS
     from .device import DEVICES
+    from .train import PRECISIONS, RECIPES, SCHEDULES
 
     parser = _Parser(
         prog="mnist-cnn",
@@ -49,9 +50,34 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train CustomCNN. Defaults are the reference recipe: Adam "
                                    "lr 1e-3, batch 100, 15 epochs, seed 777.")  # fmt: skip
     data_args(t, None, "mnist")
+    t.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        help="reference (default: the seed's lab), fast (>= 99%% in about a minute "
+        "on a laptop CPU) or best (augmentation, longer); flags override it",
+    )
     t.add_argument("--epochs", type=int, help="epochs to train (default 15)")
     t.add_argument("--batch-size", type=int, help="images per step (default 100)")
-    t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--lr", type=float, help="Adam learning rate, the peak of onecycle (1e-3)")
+    t.add_argument("--schedule", choices=SCHEDULES, help="learning rate schedule (constant)")
+    t.add_argument("--label-smoothing", type=float, metavar="EPS", help="default 0")
+    t.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random shifts, rotations and scaling of each batch (default off)",
+    )
+    t.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="fp32 (default) or bf16 autocast (GPUs, CPUs with bf16 instructions)",
+    )
+    t.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the model for training (pays off on GPUs)",
+    )
     t.add_argument("--seed", type=int, help="random seed (default 777)")
     t.add_argument("--device", choices=DEVICES, help="where to train (default auto)")
     t.add_argument("--out", metavar="DIR", help="folder for run directories (default runs)")
@@ -154,7 +180,7 @@ def cmd_train(args) -> int:
             )
         config = replace(saved, **{n: v for n, v in given.items() if n in RESUMABLE})
     else:
-        config = TrainConfig(**given)
+        config = TrainConfig.from_recipe(**given)
     result = train(config, resume=args.resume, log=_log, progress=_progress())
     final = result.final
     if final:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .augment import random_affine
 from .checkpoint import (
     CONFIG_FILE,
     FORMAT_VERSION,
@@ -32,7 +33,7 @@ from .checkpoint import (
 from .datasets import Dataset, load_dataset
 from .device import configure_determinism, seed_everything, select_device
 from .errors import MnistCnnError
-from .evaluate import EvalResult, evaluate, normalize
+from .evaluate import EvalResult, evaluate
 from .files import atomic_write_json, remove_stale_temp_files
 from .model import ARCHITECTURE, CustomCNN, ModelConfig, count_parameters
 
@@ -43,10 +44,16 @@ class TrainConfig:
 
     dataset: str = "mnist"
     data_dir: str | None = None  # else $MNIST_CNN_DATA, the cache, Debian's folder, download
+    recipe: str = "reference"  # which of RECIPES filled in the settings below
     epochs: int = 15
     batch_size: int = 100
-    lr: float = 1e-3  # Adam
-    seed: int = 777  # model init, dropout, shuffling and the validation split
+    lr: float = 1e-3  # Adam; the peak of the one-cycle schedule
+    schedule: str = "constant"  # or "onecycle": warm up to lr, then anneal towards 0
+    label_smoothing: float = 0.0
+    augment: bool = False  # random shifts, rotations and scaling of every batch
+    precision: str = "fp32"  # or "bf16": autocast (GPUs; CPUs with bf16 instructions)
+    compile: bool = False  # torch.compile the training step's model (pays off on GPUs)
+    seed: int = 777  # model init, dropout, shuffling, augmentation and the validation split
     device: str = "auto"
     out: str = "runs"  # runs are written to <out>/<name>/
     name: str | None = None  # default: <dataset>-<date>-<time>
@@ -54,6 +61,13 @@ class TrainConfig:
     limit_train: int | None = None  # train on the first N training images only
     val_size: int = 0  # hold out this many training images (seeded) as a validation split
     eval_batch_size: int = 1000
+
+    @classmethod
+    def from_recipe(cls, recipe: str = "reference", **overrides) -> TrainConfig:
+        """The settings of ``recipe``, with ``overrides`` on top."""
+        if recipe not in RECIPES:
+            raise MnistCnnError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
+        return cls(**{**RECIPES[recipe], "recipe": recipe, **overrides})
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -67,11 +81,32 @@ class TrainConfig:
             raise MnistCnnError("--seed must be between 0 and 2**32 - 1")
         if self.val_size < 0:
             raise MnistCnnError("--val-size must not be negative")
+        if not 0 <= self.label_smoothing < 1:
+            raise MnistCnnError("--label-smoothing must be in [0, 1)")
+        for name, allowed in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
+            if getattr(self, name) not in allowed:
+                raise MnistCnnError(f"--{name} must be one of {', '.join(allowed)}")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+SCHEDULES = ("constant", "onecycle")
+PRECISIONS = ("fp32", "bf16")
+
+# Recipes keep the seed's architecture and change only how it is trained.
+RECIPES: dict[str, dict] = {
+    # DeepLearningZeroToAll lab 11-2: Adam 1e-3, batch 100, 15 epochs (the TrainConfig defaults)
+    "reference": {},
+    # the fastest way to >= 99.0%: big steps early, annealed away within two epochs
+    "fast": dict(epochs=2, batch_size=256, lr=4e-3, schedule="onecycle", label_smoothing=0.1),
+    # the best single model: augmentation and a longer one-cycle schedule
+    "best": dict(
+        epochs=24, batch_size=128, lr=2e-3, schedule="onecycle", label_smoothing=0.1, augment=True
+    ),
+}
 
 
 @dataclass
@@ -214,7 +249,19 @@ def train(
 
     seed_everything(config.seed)
     model = CustomCNN(ModelConfig(num_classes=data.info.num_classes)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    if device.type in ("cpu", "cuda"):
+        model = model.to(memory_format=torch.channels_last)  # NHWC convolutions: faster on both
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.lr, fused=device.type in ("cpu", "cuda") or None
+    )
+    scheduler = _make_scheduler(optimizer, config, len(splits.train_x))
+    if resume is not None and config.schedule != "constant":
+        planned = saved["training"].get("epochs")
+        if planned != config.epochs:
+            raise MnistCnnError(
+                f"--epochs cannot change on resume: the {config.schedule} schedule of {resume} "
+                f"was planned for {planned} epochs"
+            )
     if resume is None:
         run_dir, started, history = _new_run_dir(config), _now(), []
         # config.json first: a run killed in its first epoch can still be resumed
@@ -222,7 +269,7 @@ def train(
         atomic_write_json(run_dir / CONFIG_FILE, first)
     else:
         run_dir, started = Path(resume), saved.get("created") or _now()
-        history = _restore(run_dir, model, optimizer, device)
+        history = _restore(run_dir, model, optimizer, scheduler, device)
     log(
         f"training {ARCHITECTURE} on {data.info.name}: {len(splits.train_x):,} train / "
         f"{len(splits.test[0]):,} test images from {data.source}, on {device}; "
@@ -230,14 +277,16 @@ def train(
     )
     if len(history) >= config.epochs:
         log(f"{run_dir} has already completed {len(history)} of {config.epochs} epochs")
+    step_model = torch.compile(model) if config.compile else model  # shares the weights
     for epoch in range(len(history), config.epochs):
-        record = _train_epoch(model, optimizer, splits, config, epoch, progress)
+        record = _train_epoch(step_model, optimizer, scheduler, splits, config, epoch, progress)
         record.update(_eval_record(model, splits, data, config))
         history.append(record)
         state = {
             "epoch": epoch + 1,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler else None,
             "rng": _rng_state(device),
         }
         run_config = _run_config(config, data, splits, model, device, history, started)
@@ -266,7 +315,14 @@ def load_train_config(run_dir: str | Path) -> tuple[dict, TrainConfig]:
 _STATE_KEYS = ("epoch", "model", "optimizer", "rng")
 
 
-def _restore(run_dir: Path, model, optimizer, device) -> list[dict]:
+def _make_scheduler(optimizer, config: TrainConfig, n: int):
+    if config.schedule == "constant":
+        return None
+    steps = config.epochs * math.ceil(n / config.batch_size)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps)
+
+
+def _restore(run_dir: Path, model, optimizer, scheduler, device) -> list[dict]:
     """Load a run's last complete epoch into ``model`` and ``optimizer``; returns its history."""
     remove_stale_temp_files(run_dir)  # from a write the crash interrupted
     state = load_state(run_dir)
@@ -282,6 +338,10 @@ def _restore(run_dir: Path, model, optimizer, device) -> list[dict]:
         optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError) as e:
         raise MnistCnnError(f"{path}: optimizer state does not fit ({e})") from None
+    if scheduler is not None:
+        if not state.get("scheduler"):
+            raise MnistCnnError(f"{path}: has no learning-rate schedule state to resume")
+        scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"], device)
     history = read_metrics(run_dir)[: state["epoch"]]
     if len(history) != state["epoch"]:
@@ -291,13 +351,17 @@ def _restore(run_dir: Path, model, optimizer, device) -> list[dict]:
     return history
 
 
-def _train_epoch(model, optimizer, splits: _Splits, config: TrainConfig, epoch, progress) -> dict:
+def _train_epoch(
+    model, optimizer, scheduler, splits: _Splits, config: TrainConfig, epoch, progress
+) -> dict:
     from tqdm import tqdm
 
+    device = splits.train_x.device
     n, bs = len(splits.train_x), config.batch_size
-    order = epoch_permutation(n, config.seed, epoch).to(splits.train_x.device)
+    order = epoch_permutation(n, config.seed, epoch).to(device)
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=config.precision == "bf16")
     model.train()
-    total_loss = torch.zeros((), dtype=torch.float64, device=splits.train_x.device)
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
     steps = math.ceil(n / bs)
     bar = tqdm(
         total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
@@ -306,12 +370,20 @@ def _train_epoch(model, optimizer, splits: _Splits, config: TrainConfig, epoch, 
     start = time.perf_counter()
     for step in range(steps):
         idx = order[step * bs : (step + 1) * bs]
-        x = normalize(splits.train_x[idx], splits.mean, splits.std)  # (B, 1, 28, 28) float
-        y = splits.train_y[idx]
-        loss = F.cross_entropy(model(x), y)
+        x = splits.train_x[idx].float() / 255  # (B, 1, 28, 28) in 0..1
+        if config.augment:
+            x = random_affine(x)
+        x = ((x - splits.mean) / splits.std).contiguous(memory_format=torch.channels_last)
+        with autocast:
+            logits = model(x)
+        loss = F.cross_entropy(
+            logits.float(), splits.train_y[idx], label_smoothing=config.label_smoothing
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         total_loss += loss.detach().double() * len(idx)
         if progress and (step % 20 == 0 or step == steps - 1):
             rate = (step + 1) * bs / max(time.perf_counter() - start, 1e-9)
