@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from dataclasses import fields, replace
+from pathlib import Path
 
 from . import __version__
 from .errors import MnistCnnError
@@ -104,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(e, None, "the run's own")
     e.add_argument("--split", choices=["test", "train"], default="test")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument(
+        "--report",
+        metavar="DIR",
+        help="also write DIR/report.html (self-contained) and its plots as PNG",
+    )
     e.add_argument("--device", choices=DEVICES, default="auto")
     e.set_defaults(func=cmd_evaluate)
 
@@ -129,6 +135,29 @@ def build_parser() -> argparse.ArgumentParser:
     dv = dsub.add_parser("verify", help="check a dataset's files against their checksums")
     data_args(dv, "mnist", "mnist")
     dv.set_defaults(func=cmd_data_verify)
+
+    p = sub.add_parser("predict", help="classify your own images (photos, scans, drawings)")
+    p.add_argument("run", metavar="RUN", help="run directory, or a model.safetensors in one")
+    p.add_argument(
+        "images",
+        metavar="IMAGE",
+        nargs="+",
+        help="image file, directory (searched recursively) or - for stdin",
+    )
+    p.add_argument("--top-k", type=int, default=3, metavar="K", help="classes to show (3)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument(
+        "--save-preprocessed", metavar="DIR", help="write the 28x28 images the model saw, as PNG"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=40_000_000,
+        metavar="N",
+        help="refuse larger images (default 40 megapixels)",
+    )
+    p.add_argument("--device", choices=DEVICES, default="cpu")
+    p.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("summary", help="each layer's output shape and parameter count")
     s.add_argument("run", metavar="RUN", nargs="?", help="a trained run (default: a new model)")
@@ -209,6 +238,10 @@ def cmd_evaluate(args) -> int:
         trained.model, images, labels, mean=trained.mean, std=trained.std,
         num_classes=data.info.num_classes,
     )  # fmt: skip
+    if args.report:
+        path = _write_report(args.report, trained, data, images, labels, dataset, args.split)
+        if not args.json:
+            print(f"report written to {path}")
     if args.json:
         print(json.dumps({"dataset": dataset, "split": args.split, **result.to_dict()}))
         return 0
@@ -216,6 +249,24 @@ def cmd_evaluate(args) -> int:
     print(f"accuracy {100 * result.accuracy:.2f}%   loss {result.loss:.4f}")
     print(format_confusion(result.confusion, result.per_class, trained.classes))
     return 0
+
+
+def _write_report(folder, trained, data, images, labels, dataset, split):
+    from .checkpoint import read_metrics
+    from .evaluate import predict_probabilities
+    from .report import write_report
+
+    probs = predict_probabilities(trained.model, images, mean=trained.mean, std=trained.std)
+    return write_report(
+        folder,
+        images=images.numpy(),
+        labels=labels.numpy(),
+        probs=probs.numpy(),
+        classes=trained.classes,
+        history=read_metrics(trained.run_dir),
+        title=f"CustomCNN on {data.info.title}: {split} split",
+        subtitle=f"run {trained.run_dir} · {len(labels):,} images from {data.source}",
+    )
 
 
 def format_confusion(confusion, per_class, classes) -> str:
@@ -292,6 +343,71 @@ def cmd_data_verify(args) -> int:
         print(f"{len(bad)} of {len(checks)} files failed verification", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_predict(args) -> int:
+    from .device import select_device
+    from .predict import Predictor, expand_inputs
+
+    if args.top_k < 1:
+        raise MnistCnnError("--top-k must be at least 1")
+    if args.max_pixels < 1:
+        raise MnistCnnError("--max-pixels must be at least 1")
+    predictor = Predictor.from_run(
+        args.run, device=select_device(args.device), max_pixels=args.max_pixels
+    )
+    items = expand_inputs(args.images, stdin=sys.stdin)
+    keep = None
+    if args.save_preprocessed:
+        keep = _preprocessed_saver(Path(args.save_preprocessed))
+    records = predictor.predict_items(items, top_k=args.top_k, keep=keep)
+    if args.json:
+        for r in records:
+            print(json.dumps(r, ensure_ascii=False))
+    else:
+        print(format_predictions(records))
+    failed = sum("error" in r for r in records)
+    if failed and not args.json:
+        print(f"{failed} of {len(records)} images could not be used", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _preprocessed_saver(folder: Path):
+    from PIL import Image
+
+    from .files import atomic_write
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MnistCnnError(f"--save-preprocessed {folder}: {e.strerror}") from None
+    used: set[str] = set()
+
+    def save(item, pre) -> None:
+        stem = Path(item.name).stem if item.name not in (None, "-") else "stdin"
+        name, n = f"{stem}.png", 1
+        while name in used:
+            n += 1
+            name = f"{stem}-{n}.png"
+        used.add(name)
+        image = Image.fromarray(pre.to_uint8(), "L")
+        atomic_write(folder / name, lambda f: image.save(f, format="PNG"))
+
+    return save
+
+
+def format_predictions(records: list[dict]) -> str:
+    width = max([4] + [len(r["file"] or "") for r in records])
+    lines = [f"{'file':<{width}}  {'prediction':<14} {'prob':>6}  top-k"]
+    for r in records:
+        if "error" in r:
+            lines.append(f"{r['file'] or '':<{width}}  error: {r['error']}")
+            continue
+        top = "  ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r["top_k"])
+        lines.append(
+            f"{r['file'] or '':<{width}}  {r['class']:<14} {100 * r['probability']:5.1f}%  {top}"
+        )
+    return "\n".join(lines)
 
 
 def cmd_summary(args) -> int:

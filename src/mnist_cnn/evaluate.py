@@ -66,3 +66,19 @@ def evaluate(
         confusion=confusion.tolist(),
         count=count,
     )
+
+
+@torch.inference_mode()
+def predict_probabilities(
+    model: nn.Module, images: torch.Tensor, *, mean: float, std: float, batch_size: int = 1000
+) -> torch.Tensor:
+    """Class probabilities (N, classes) for uint8 ``images`` (N, 28, 28), in eval mode."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [
+        torch.softmax(model(normalize(images[i : i + batch_size].to(device), mean, std)), dim=1)
+        for i in range(0, len(images), batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(out).cpu()

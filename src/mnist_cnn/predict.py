@@ -1,0 +1,131 @@
+"""Predicting people's own images with a trained run: preprocessing as MNIST was made, top-k."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MnistCnnError
+from .preprocess import DEFAULT_MAX_PIXELS, Preprocessed, load_image, to_mnist
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm",
+                  ".ppm", ".pbm"}  # fmt: skip
+
+
+@dataclass
+class Item:
+    """One input: its name for the records, and where its pixels come from."""
+
+    name: str | None
+    source: object  # a path, bytes, a PIL image, an array or a tensor
+    error: str | None = None  # known to be unusable before reading it
+
+
+class Predictor:
+    """A trained model with its preprocessing. ``predict`` returns one record per image.
+
+    A record is ``{"file", "label", "class", "probability", "top_k": [...]}``, or
+    ``{"file", "error"}`` for an image that could not be used.
+    """
+
+    def __init__(self, trained, device="cpu", max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.trained = trained
+        self.classes = trained.classes
+        self.mean, self.std = trained.mean, trained.std
+        self.device = device
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def from_run(cls, path: str | os.PathLike, device="cpu", **kw) -> Predictor:
+        from .checkpoint import load_run
+
+        return cls(load_run(path, device=device), device=device, **kw)
+
+    def preprocess(self, source) -> Preprocessed:
+        if hasattr(source, "detach") and hasattr(source, "numpy"):  # a torch tensor
+            source = source.detach().cpu().numpy()
+        return to_mnist(load_image(source, max_pixels=self.max_pixels))
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(N, 28, 28) preprocessed images in 0..1 -> (N, classes) probabilities."""
+        import torch
+
+        x = torch.from_numpy((images[:, None] - self.mean) / self.std).float().to(self.device)
+        with torch.inference_mode():
+            return torch.softmax(self.trained.model.eval()(x), dim=1).cpu().numpy()
+
+    def predict(self, images, top_k: int = 3, names: Iterable[str | None] | None = None):
+        """Predict one image or a list; each may be a path, PIL image, array or tensor."""
+        single = not isinstance(images, (list, tuple))
+        items = as_items([images] if single else list(images), names)
+        records = self.predict_items(items, top_k=top_k)
+        return records[0] if single else records
+
+    def predict_items(self, items: list[Item], top_k: int = 3, keep=None) -> list[dict]:
+        """Records for ``items`` in order; ``keep(item, Preprocessed)`` sees each good image."""
+        done: list[dict | None] = [None] * len(items)
+        good, arrays = [], []
+        for i, item in enumerate(items):
+            try:
+                if item.error:
+                    raise MnistCnnError(item.error)
+                pre = self.preprocess(item.source)
+            except MnistCnnError as e:
+                message = str(e)
+                if item.name and not message.startswith(item.name):
+                    message = f"{item.name}: {message}"
+                done[i] = {"file": item.name, "error": message}
+                continue
+            if keep is not None:
+                keep(item, pre)
+            good.append(i)
+            arrays.append(pre.image)
+        if arrays:
+            probs = self.probabilities(np.stack(arrays))
+            for i, p in zip(good, probs, strict=True):
+                done[i] = self.record(items[i].name, p, top_k)
+        return done  # type: ignore[return-value]
+
+    def record(self, name: str | None, probs: np.ndarray, top_k: int) -> dict:
+        order = np.argsort(-probs, kind="stable")[: max(1, top_k)]
+        top = [
+            {"label": int(k), "class": self.classes[k], "probability": float(probs[k])}
+            for k in order
+        ]
+        return {"file": name, **top[0], "top_k": top}
+
+
+def as_items(images: list, names: Iterable[str | None] | None = None) -> list[Item]:
+    names = list(names) if names is not None else [None] * len(images)
+    if len(names) != len(images):
+        raise ValueError("names must match images one to one")
+    items = []
+    for image, name in zip(images, names, strict=True):
+        if name is None and isinstance(image, (str, os.PathLike)):
+            name = str(image)
+        items.append(Item(name, image))
+    return items
+
+
+def expand_inputs(args: list[str], stdin=None) -> list[Item]:
+    """Command-line IMAGE arguments as items: files, directories (recursively) and '-' (stdin)."""
+    items: list[Item] = []
+    for arg in args:
+        if arg == "-":
+            data = (stdin.buffer if hasattr(stdin, "buffer") else stdin).read()
+            items.append(Item("-", data))
+            continue
+        path = Path(arg)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file()
+                           and p.suffix.lower() in IMAGE_SUFFIXES)  # fmt: skip
+            if not found:
+                items.append(Item(arg, None, error=f"{arg}: no images in this directory"))
+            items += [Item(str(p), p) for p in found]
+        else:
+            items.append(Item(arg, path))
+    return items

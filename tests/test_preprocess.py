@@ -1,0 +1,134 @@
+"""Preprocessing people's images as MNIST was made."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_cnn import load_dataset
+from mnist_cnn.preprocess import ImageError, load_image, preprocess, to_mnist
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_dir_module):
+    data = load_dataset("mnist", mnist_dir_module)
+    return data.test_images[:40].numpy(), data.test_labels[:40].numpy()
+
+
+@pytest.fixture(scope="module")
+def mnist_dir_module():
+    from .conftest import _REAL_MNIST
+
+    if _REAL_MNIST is None:
+        pytest.fail("the real MNIST is needed (set MNIST_CNN_DATA)")
+    return _REAL_MNIST
+
+
+def on_canvas(digit, size=240, canvas=(400, 330), at=(60, 40), dark_on_light=True):
+    """A digit drawn large on a big canvas, dark ink on white (or light on black)."""
+    big = np.asarray(Image.fromarray(digit).resize((size, size), Image.BICUBIC), np.float32) / 255
+    ink = np.zeros(canvas, np.float32)
+    ink[at[0] : at[0] + size, at[1] : at[1] + size] = big
+    gray = 1 - ink if dark_on_light else ink
+    return Image.fromarray(np.round(gray * 255).astype(np.uint8), "L")
+
+
+def png(img: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_mnist_digits_come_out_as_they_went_in(digits):
+    images, _ = digits
+    for d in images:
+        out = to_mnist(d.astype(np.float32) / 255).image
+        assert np.abs(out - d / 255).mean() < 0.01
+
+
+def test_size_box_and_centre_of_mass(digits):
+    for d in digits[0][:10]:
+        out = preprocess(on_canvas(d)).image
+        rows, cols = np.nonzero(out > 0.05)
+        assert max(np.ptp(rows), np.ptp(cols)) + 1 in (19, 20, 21)  # the 20-pixel box
+        ys, xs = np.indices(out.shape)
+        assert abs((ys * out).sum() / out.sum() - 14) <= 0.5
+        assert abs((xs * out).sum() / out.sum() - 14) <= 0.5
+
+
+def test_both_polarities_give_the_same_digit(digits):
+    d = digits[0][3]
+    dark = preprocess(on_canvas(d, dark_on_light=True))
+    light = preprocess(on_canvas(d, dark_on_light=False))
+    assert dark.inverted and not light.inverted
+    assert np.abs(dark.image - light.image).mean() < 0.02
+    assert np.abs(dark.image - d / 255).mean() < 0.06  # close to the MNIST original
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "P", "I;16", "1"])
+def test_every_image_mode(digits, mode):
+    d = digits[0][5]
+    base = on_canvas(d)
+    if mode == "RGBA":  # a transparent export: dark ink, transparent paper
+        a = 255 - np.asarray(base)
+        rgba = np.zeros((*a.shape, 4), np.uint8)
+        rgba[..., 3] = a
+        img = Image.fromarray(rgba, "RGBA")
+    elif mode == "LA":
+        img = Image.merge(
+            "LA", [Image.new("L", base.size, 0), Image.fromarray(255 - np.asarray(base))]
+        )
+    elif mode == "I;16":
+        img = Image.fromarray(np.asarray(base).astype(np.uint16) * 257)
+        assert img.mode == "I;16"
+    else:
+        img = base.convert(mode)
+    reread = Image.open(io.BytesIO(png(img))) if mode != "I;16" else img
+    out = preprocess(reread).image
+    assert np.abs(out - preprocess(base).image).mean() < (0.08 if mode == "1" else 0.02)
+
+
+def test_uneven_lighting_and_paper_noise_do_not_widen_the_box(digits):
+    d = digits[0][7]
+    clean = np.asarray(on_canvas(d), np.float32) / 255
+    h, w = clean.shape
+    light = np.linspace(0.55, 1.0, w)[None, :] * np.linspace(0.8, 1.0, h)[:, None]
+    rng = np.random.default_rng(0)
+    noisy = np.clip(clean * light + rng.normal(0, 0.04, clean.shape), 0, 1)
+    out = preprocess(noisy)
+    assert np.abs(out.image - preprocess(clean).image).mean() < 0.06
+    crop = out.steps["crop"]
+    assert crop.shape[0] < 0.8 * h, "the bounding box follows the ink, not the lighting"
+
+
+def test_thin_strokes_are_thickened_like_mnist(digits):
+    d = digits[0][1]
+    img = on_canvas(d, size=300, canvas=(420, 420))
+    thin = np.asarray(img, np.float32) / 255
+    thin = np.where(thin < 0.15, 0.0, 1.0)  # only the core of each stroke: a fine pen
+    out = preprocess(thin).image
+    assert (out > 0.5).sum() > 0.6 * (d > 127).sum()
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "not a readable image"),
+        (b"hello, not an image", "not a readable image"),
+        (png(Image.new("L", (50, 50), 255))[:40], "not a readable image"),
+        (png(Image.new("L", (50, 50), 255)), "no ink"),
+        (png(Image.new("RGB", (64, 64), (30, 30, 30))), "no ink"),
+    ],
+)
+def test_unusable_images_are_clear_errors(data, message):
+    with pytest.raises(ImageError, match=message):
+        preprocess(data)
+
+
+def test_pixel_limit_refuses_before_decoding(tmp_path):
+    path = tmp_path / "big.png"
+    Image.new("L", (3000, 2000), 255).save(path)
+    with pytest.raises(ImageError, match="over the limit of 5,000,000 pixels"):
+        load_image(path, max_pixels=5_000_000)
+    assert load_image(path, max_pixels=6_000_000).shape == (2000, 3000)
