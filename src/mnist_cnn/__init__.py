@@ -14,6 +14,8 @@ from .errors import MnistCnnError  # noqa: E402
 from .evaluate import EvalResult, evaluate, normalize  # noqa: E402
 from .idx import load_idx  # noqa: E402
 from .model import CustomCNN, ModelConfig, count_parameters, format_summary, summarize  # noqa: E402
+from .predict import Predictor  # noqa: E402
+from .preprocess import preprocess  # noqa: E402
 from .train import TrainConfig, TrainResult, train  # noqa: E402
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "EvalResult",
     "MnistCnnError",
     "ModelConfig",
+    "Predictor",
     "TrainConfig",
     "TrainResult",
     "TrainedModel",
@@ -36,6 +39,7 @@ __all__ = [
     "load_idx",
     "load_run",
     "normalize",
+    "preprocess",
     "save_weights",
     "summarize",
     "train",
