@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from mnist_cnn import load_dataset  # noqa: E402
-from mnist_cnn.preprocess import preprocess  # noqa: E402
+from mnist_cnn.preprocessing import preprocess  # noqa: E402
 from mnist_cnn.synthetic import render  # noqa: E402
 
 STEPS = [

@@ -19,7 +19,7 @@ from PIL import Image
 
 from mnist_cnn import load_dataset
 from mnist_cnn.predict import Predictor
-from mnist_cnn.preprocess import load_image
+from mnist_cnn.preprocessing import load_image
 from mnist_cnn.synthetic import STYLES, render
 
 
@@ -32,7 +32,7 @@ def plain_resize(data: bytes) -> np.ndarray:
 
 def evaluate(run: str, count: int, seed: int, data_dir=None) -> dict:
     predictor = Predictor.from_run(run)
-    data = load_dataset(predictor.trained.dataset, data_dir)
+    data = load_dataset(predictor.model.dataset, data_dir)
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(data.test_images), size=count, replace=False)
     digits, labels = data.test_images[pick].numpy(), data.test_labels[pick].numpy()

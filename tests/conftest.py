@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnist_cnn import TrainConfig, load_dataset, train
 from mnist_cnn.idx import encode_idx
 
 FILE_NAMES = {
@@ -85,3 +86,21 @@ def isolated_cache(tmp_path, monkeypatch):
     """No test reads or writes the user's real cache, or reaches a real mirror."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("MNIST_CNN_MIRRORS", "http://127.0.0.1:9/")  # discard port: refused
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory):
+    """CustomCNN trained for two epochs on 10,000 real MNIST images (shared by the tests)."""
+    if _REAL_MNIST is None:
+        pytest.fail("the real MNIST is needed (set MNIST_CNN_DATA)")
+    out = tmp_path_factory.mktemp("runs")
+    config = TrainConfig(data_dir=str(_REAL_MNIST), out=str(out), epochs=2, limit_train=10_000,
+                         name="real")  # fmt: skip
+    result = train(config)
+    return result
+
+
+@pytest.fixture(scope="session")
+def test_digits(real_run):
+    data = load_dataset("mnist", _REAL_MNIST)
+    return data.test_images[:300].numpy(), data.test_labels[:300].numpy()

@@ -10,32 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_cnn import TrainConfig, load_dataset, train
 from mnist_cnn.cli import main
 from mnist_cnn.predict import Predictor
 from mnist_cnn.synthetic import STYLES, render
-
-
-@pytest.fixture(scope="session")
-def real_run(tmp_path_factory):
-    """CustomCNN trained for two epochs on 10,000 real MNIST images (shared by the tests)."""
-    from .conftest import _REAL_MNIST
-
-    if _REAL_MNIST is None:
-        pytest.fail("the real MNIST is needed (set MNIST_CNN_DATA)")
-    out = tmp_path_factory.mktemp("runs")
-    config = TrainConfig(data_dir=str(_REAL_MNIST), out=str(out), epochs=2, limit_train=10_000,
-                         name="real")  # fmt: skip
-    result = train(config)
-    return result
-
-
-@pytest.fixture(scope="session")
-def test_digits(real_run):
-    from .conftest import _REAL_MNIST
-
-    data = load_dataset("mnist", _REAL_MNIST)
-    return data.test_images[:300].numpy(), data.test_labels[:300].numpy()
 
 
 def test_brief_training_reaches_a_real_accuracy_bar(real_run):

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mnist_cnn import load_dataset
-from mnist_cnn.preprocess import ImageError, load_image, preprocess, to_mnist
+from mnist_cnn.preprocessing import ImageError, load_image, preprocess, to_mnist
 
 
 @pytest.fixture(scope="module")

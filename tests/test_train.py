@@ -81,7 +81,7 @@ def test_resumed_run_is_bitwise_the_uninterrupted_one(tiny_data, tmp_path):
 
 
 def test_validation_split_is_held_out_and_seeded(tiny_data, tmp_path):
-    from mnist_cnn.train import _make_splits
+    from mnist_cnn.training import _make_splits
 
     result = train(config(tiny_data, tmp_path, epochs=1, val_size=50))
     assert 0 <= result.final["val_accuracy"] <= 1
@@ -180,7 +180,7 @@ def test_resume_rejects_another_architecture_and_a_broken_state(tiny_data, tmp_p
 
 @pytest.mark.parametrize("recipe", ["reference", "fast", "best"])
 def test_each_recipe_runs_end_to_end(recipe, tiny_data, tmp_path):
-    from mnist_cnn.train import RECIPES
+    from mnist_cnn.training import RECIPES
 
     cfg = TrainConfig.from_recipe(
         recipe, data_dir=str(tiny_data), out=str(tmp_path), epochs=2, batch_size=50

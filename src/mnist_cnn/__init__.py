@@ -7,16 +7,32 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-from .checkpoint import TrainedModel, load_run, save_weights  # noqa: E402
-from .datasets import DATASETS, Dataset, DatasetInfo, get_dataset_info, load_dataset  # noqa: E402
-from .download import fetch, verify_folder  # noqa: E402
-from .errors import MnistCnnError  # noqa: E402
-from .evaluate import EvalResult, evaluate, normalize  # noqa: E402
-from .idx import load_idx  # noqa: E402
-from .model import CustomCNN, ModelConfig, count_parameters, format_summary, summarize  # noqa: E402
-from .predict import Predictor  # noqa: E402
-from .preprocess import preprocess  # noqa: E402
-from .train import TrainConfig, TrainResult, train  # noqa: E402
+# Names are imported on first use, so that a torch-free deployment (ONNX Runtime) can import
+# the package, and `import mnist_cnn` stays quick.
+_EXPORTS = {
+    "checkpoint": ["TrainedModel", "load_run", "save_weights"],
+    "datasets": ["DATASETS", "Dataset", "DatasetInfo", "get_dataset_info", "load_dataset"],
+    "download": ["fetch", "verify_folder"],
+    "errors": ["MnistCnnError"],
+    "evaluation": ["EvalResult", "evaluate", "normalize"],
+    "idx": ["load_idx"],
+    "model": ["CustomCNN", "ModelConfig", "count_parameters", "format_summary", "summarize"],
+    "predict": ["Predictor"],
+    "preprocessing": ["preprocess"],
+    "training": ["TrainConfig", "TrainResult", "train"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        from importlib import import_module
+
+        value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mnist_cnn' has no attribute {name!r}")
+
 
 __all__ = [
     "DATASETS",

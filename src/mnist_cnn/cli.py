@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from .datasets import DATASETS
     from .device import DEVICES
-    from .train import PRECISIONS, RECIPES, SCHEDULES
+    from .recipes import PRECISIONS, RECIPES, SCHEDULES
 
     parser = _Parser(
         prog="mnist-cnn",
@@ -137,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     dv.set_defaults(func=cmd_data_verify)
 
     p = sub.add_parser("predict", help="classify your own images (photos, scans, drawings)")
-    p.add_argument("run", metavar="RUN", help="run directory, or a model.safetensors in one")
+    p.add_argument(
+        "run", metavar="RUN", help="run directory, a model.safetensors in one, or an exported .onnx"
+    )
     p.add_argument(
         "images",
         metavar="IMAGE",
@@ -158,6 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", choices=DEVICES, default="cpu")
     p.set_defaults(func=cmd_predict)
+
+    x = sub.add_parser("export", help="ONNX (fp32 or int8) or a torch.export program, checked")
+    x.add_argument("run", metavar="RUN", help="run directory, or a model.safetensors in one")
+    x.add_argument("--format", choices=["onnx", "exported-program"], default="onnx",
+                   help="onnx (default; ONNX Runtime, no PyTorch needed) or exported-program "
+                        "(torch.export.save)")  # fmt: skip
+    x.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="static int8 quantization calibrated on training images (onnx only)",
+    )
+    x.add_argument("--output", "-o", required=True, metavar="FILE")
+    x.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is (for the check)")
+    x.set_defaults(func=cmd_export)
 
     s = sub.add_parser("summary", help="each layer's output shape and parameter count")
     s.add_argument("run", metavar="RUN", nargs="?", help="a trained run (default: a new model)")
@@ -194,7 +210,7 @@ def _log(line: str) -> None:
 
 
 def cmd_train(args) -> int:
-    from .train import TrainConfig, load_train_config, train
+    from .training import TrainConfig, load_train_config, train
 
     names = [f.name for f in fields(TrainConfig)]
     given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
@@ -224,7 +240,7 @@ def cmd_evaluate(args) -> int:
     from .checkpoint import load_run
     from .datasets import load_dataset
     from .device import select_device
-    from .evaluate import evaluate
+    from .evaluation import evaluate
 
     trained = load_run(args.run, device=select_device(args.device))
     dataset = args.dataset or trained.dataset
@@ -253,7 +269,7 @@ def cmd_evaluate(args) -> int:
 
 def _write_report(folder, trained, data, images, labels, dataset, split):
     from .checkpoint import read_metrics
-    from .evaluate import predict_probabilities
+    from .evaluation import predict_probabilities
     from .report import write_report
 
     probs = predict_probabilities(trained.model, images, mean=trained.mean, std=trained.std)
@@ -353,9 +369,8 @@ def cmd_predict(args) -> int:
         raise MnistCnnError("--top-k must be at least 1")
     if args.max_pixels < 1:
         raise MnistCnnError("--max-pixels must be at least 1")
-    predictor = Predictor.from_run(
-        args.run, device=select_device(args.device), max_pixels=args.max_pixels
-    )
+    device = "cpu" if args.run.endswith(".onnx") else select_device(args.device)
+    predictor = Predictor.from_run(args.run, device=device, max_pixels=args.max_pixels)
     items = expand_inputs(args.images, stdin=sys.stdin)
     keep = None
     if args.save_preprocessed:
@@ -408,6 +423,34 @@ def format_predictions(records: list[dict]) -> str:
             f"{r['file'] or '':<{width}}  {r['class']:<14} {100 * r['probability']:5.1f}%  {top}"
         )
     return "\n".join(lines)
+
+
+def cmd_export(args) -> int:
+    import torch
+
+    from .checkpoint import load_run
+    from .datasets import load_dataset
+    from .export import ParityError, export
+
+    trained = load_run(args.run)
+    if args.quantize and args.format != "onnx":
+        raise MnistCnnError("--quantize int8 is for --format onnx")
+    data = load_dataset(trained.dataset, args.data_dir, progress=_progress())
+    pick = torch.randperm(len(data.train_images), generator=torch.Generator().manual_seed(0))
+    try:
+        check = export(
+            trained, args.output, fmt=args.format, quantize=args.quantize,
+            test_images=data.test_images, test_labels=data.test_labels,
+            calibration_images=data.train_images[pick[:1000]],
+        )  # fmt: skip
+    except ParityError as e:
+        print(f"mnist-cnn: export check failed, nothing written: {e}", file=sys.stderr)
+        return 1
+    what = f"{args.format}{' int8' if args.quantize else ''}"
+    size = Path(args.output).stat().st_size
+    print(f"wrote {args.output} ({what}, {size / 1e6:.2f} MB)")
+    print(f"check against PyTorch on {check.images:,} test images: {check.describe()}")
+    return 0
 
 
 def cmd_summary(args) -> int:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .errors import MnistCnnError
 from .idx import load_idx
+
+if TYPE_CHECKING:
+    import torch
 
 SPLITS = ("train", "test")
 KINDS = ("images", "labels")
@@ -300,6 +303,8 @@ def load_folder(info: DatasetInfo, folder: str | os.PathLike) -> Dataset:
                 f"{paths[f'{split}-images']}: images are {images.shape[1]}x{images.shape[2]}, "
                 "expected 28x28"
             )
+    import torch
+
     tensors = {k: torch.from_numpy(np.array(a)) for k, a in arrays.items()}
     return Dataset(
         info=info,

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 from .errors import MnistCnnError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-def select_device(name: str = "auto") -> torch.device:
+def select_device(name: str = "auto"):
     """``auto`` picks CUDA, then Apple's MPS, then the CPU; an explicit name must be usable."""
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -29,8 +29,10 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def configure_determinism(deterministic: bool, device: torch.device) -> None:
+def configure_determinism(deterministic: bool, device) -> None:
     """Deterministic kernels (bitwise-repeatable runs) or the fastest ones (cuDNN autotuning)."""
+    import torch
+
     if device.type == "cuda":
         if deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -41,4 +43,6 @@ def configure_determinism(deterministic: bool, device: torch.device) -> None:
 
 def seed_everything(seed: int) -> None:
     """The seed's ``torch.manual_seed(777)`` (which seeds every CUDA device too)."""
+    import torch
+
     torch.manual_seed(seed)

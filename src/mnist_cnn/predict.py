@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MnistCnnError
-from .preprocess import DEFAULT_MAX_PIXELS, Preprocessed, load_image, to_mnist
+from .preprocessing import DEFAULT_MAX_PIXELS, Preprocessed, load_image, to_mnist
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm",
                   ".ppm", ".pbm"}  # fmt: skip
@@ -32,18 +32,23 @@ class Predictor:
     ``{"file", "error"}`` for an image that could not be used.
     """
 
-    def __init__(self, trained, device="cpu", max_pixels: int = DEFAULT_MAX_PIXELS):
-        self.trained = trained
-        self.classes = trained.classes
-        self.mean, self.std = trained.mean, trained.std
-        self.device = device
+    def __init__(self, model, max_pixels: int = DEFAULT_MAX_PIXELS):
+        """``model`` is a TrainedModel (PyTorch) or an OnnxModel (ONNX Runtime)."""
+        self.model = model
+        self.classes = model.classes
+        self.mean, self.std = model.mean, model.std
         self.max_pixels = max_pixels
 
     @classmethod
     def from_run(cls, path: str | os.PathLike, device="cpu", **kw) -> Predictor:
+        """A run directory or model.safetensors (PyTorch), or an exported .onnx (no torch)."""
+        if str(path).endswith(".onnx"):
+            from .onnx_model import OnnxModel
+
+            return cls(OnnxModel(path), **kw)
         from .checkpoint import load_run
 
-        return cls(load_run(path, device=device), device=device, **kw)
+        return cls(load_run(path, device=device), **kw)
 
     def preprocess(self, source) -> Preprocessed:
         if hasattr(source, "detach") and hasattr(source, "numpy"):  # a torch tensor
@@ -52,11 +57,15 @@ class Predictor:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(N, 28, 28) preprocessed images in 0..1 -> (N, classes) probabilities."""
+        if hasattr(self.model, "probabilities"):  # ONNX Runtime
+            return self.model.probabilities(np.asarray(images, np.float32))
         import torch
 
-        x = torch.from_numpy((images[:, None] - self.mean) / self.std).float().to(self.device)
+        model = self.model.model.eval()
+        device = next(model.parameters()).device
+        x = torch.from_numpy((np.asarray(images, np.float32)[:, None] - self.mean) / self.std)
         with torch.inference_mode():
-            return torch.softmax(self.trained.model.eval()(x), dim=1).cpu().numpy()
+            return torch.softmax(model(x.to(device)), dim=1).cpu().numpy()
 
     def predict(self, images, top_k: int = 3, names: Iterable[str | None] | None = None):
         """Predict one image or a list; each may be a path, PIL image, array or tensor."""

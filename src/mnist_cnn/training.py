@@ -33,9 +33,10 @@ from .checkpoint import (
 from .datasets import Dataset, load_dataset
 from .device import configure_determinism, seed_everything, select_device
 from .errors import MnistCnnError
-from .evaluate import EvalResult, evaluate
+from .evaluation import EvalResult, evaluate
 from .files import atomic_write_json, remove_stale_temp_files
 from .model import ARCHITECTURE, CustomCNN, ModelConfig, count_parameters
+from .recipes import PRECISIONS, RECIPES, SCHEDULES
 
 
 @dataclass
@@ -91,22 +92,6 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-SCHEDULES = ("constant", "onecycle")
-PRECISIONS = ("fp32", "bf16")
-
-# Recipes keep the seed's architecture and change only how it is trained.
-RECIPES: dict[str, dict] = {
-    # DeepLearningZeroToAll lab 11-2: Adam 1e-3, batch 100, 15 epochs (the TrainConfig defaults)
-    "reference": {},
-    # the fastest way to >= 99.0%: big steps early, annealed away within two epochs
-    "fast": dict(epochs=2, batch_size=256, lr=4e-3, schedule="onecycle", label_smoothing=0.1),
-    # the best single model: augmentation and a longer one-cycle schedule
-    "best": dict(
-        epochs=24, batch_size=128, lr=2e-3, schedule="onecycle", label_smoothing=0.1, augment=True
-    ),
-}
 
 
 @dataclass

@@ -1,0 +1,56 @@
+"""Running an exported ONNX model with ONNX Runtime: no torch import anywhere on this path."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MnistCnnError
+
+METADATA_KEYS = ("architecture", "dataset", "classes", "mean", "std", "test_accuracy")
+
+
+class OnnxModel:
+    """An exported CustomCNN: normalized float32 (N, 1, 28, 28) in, logits (N, classes) out."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise MnistCnnError(
+                "running .onnx models needs ONNX Runtime: pip install onnxruntime"
+            ) from None
+        self.path = Path(path)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # ORT raises its own exception types for unreadable models
+            raise MnistCnnError(f"{self.path}: not a loadable ONNX model ({e})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        missing = [k for k in ("classes", "mean", "std") if k not in meta]
+        if missing:
+            raise MnistCnnError(
+                f"{self.path}: not exported by mnist-cnn (no {', '.join(missing)} metadata)"
+            )
+        self.metadata = meta
+        self.classes = list(json.loads(meta["classes"]))
+        self.mean, self.std = float(meta["mean"]), float(meta["std"])
+        self.dataset = meta.get("dataset", "")
+        self.input_name = self.session.get_inputs()[0].name
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Normalized images (N, 1, 28, 28) float32 -> logits (N, classes)."""
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(N, 28, 28) images in 0..1 -> (N, classes) probabilities."""
+        logits = self.logits(((images[:, None] - self.mean) / self.std).astype(np.float32))
+        z = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)

@@ -1,0 +1,15 @@
+"""Training recipes by name: settings that keep the seed's architecture (no torch import here)."""
+
+SCHEDULES = ("constant", "onecycle")
+PRECISIONS = ("fp32", "bf16")
+
+RECIPES: dict[str, dict] = {
+    # DeepLearningZeroToAll lab 11-2: Adam 1e-3, batch 100, 15 epochs (the TrainConfig defaults)
+    "reference": {},
+    # the fastest way to >= 99.0%: big steps early, annealed away within two epochs
+    "fast": dict(epochs=2, batch_size=256, lr=4e-3, schedule="onecycle", label_smoothing=0.1),
+    # the best single model: augmentation and a longer one-cycle schedule
+    "best": dict(
+        epochs=24, batch_size=128, lr=2e-3, schedule="onecycle", label_smoothing=0.1, augment=True
+    ),
+}
