@@ -62,13 +62,15 @@ def torch_runners(model) -> dict:
 
     runners = {"PyTorch eager (NCHW, no_grad)": run_eager,
                "PyTorch channels_last + inference_mode": run_fast}  # fmt: skip
+    compiled = torch.compile(load_like(model).eval(), dynamic=False)
+
+    def run_compiled(x):
+        with torch.inference_mode():
+            return compiled(torch.from_numpy(x))
+
     try:
-        compiled = torch.compile(load_like(model).eval(), dynamic=False)
-
-        def run_compiled(x):
-            with torch.inference_mode():
-                return compiled(torch.from_numpy(x))
-
+        for batch in (1, 256, 1000):  # compile now (it is lazy), once per shape
+            run_compiled(np.zeros((batch, 1, 28, 28), np.float32))
         runners["PyTorch torch.compile (inductor)"] = run_compiled
     except Exception as e:  # compile needs a C compiler; report and go on
         print(f"torch.compile unavailable: {e}", file=sys.stderr)

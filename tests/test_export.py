@@ -55,7 +55,7 @@ def test_int8_is_smaller_and_agrees(exported, real_run, test_digits):
     int8 = Predictor.from_run(exported / "model.int8.onnx")
     images = test_digits[0][:300] / 255.0
     agree = (fp32.probabilities(images).argmax(1) == int8.probabilities(images).argmax(1)).mean()
-    assert agree >= 0.99
+    assert agree >= 0.995
 
 
 def test_onnx_predictions_match_pytorch(exported, real_run, test_digits):
@@ -74,7 +74,8 @@ def test_onnx_predict_imports_no_torch(exported, test_digits, tmp_path):
         "import sys, json\n"
         "from mnist_cnn.cli import main\n"
         f"rc = main(['predict', {str(exported / 'model.onnx')!r}, {str(image)!r}, '--json'])\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "heavy = {'torch', 'safetensors', 'tqdm', 'matplotlib'} & set(sys.modules)\n"
+        "assert not heavy, f'imported {heavy}'\n"
         "sys.exit(rc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -107,6 +108,16 @@ def test_failed_check_leaves_nothing_behind(real_run, tmp_path, capsys, monkeypa
     assert list(tmp_path.iterdir()) == [], "neither the file nor a temporary folder is left"
 
 
+def test_failed_int8_check_exits_1_and_leaves_nothing(real_run, tmp_path, capsys, monkeypatch):
+    import mnist_cnn.export as export_module
+
+    monkeypatch.setattr(export_module, "INT8_MIN_AGREEMENT", 1.01)  # unreachable
+    code = main(["export", str(real_run.run_dir), "-o", str(tmp_path / "m.onnx"), "--quantize",
+                 "int8"])  # fmt: skip
+    assert code == 1 and "top-1 agreement with fp32" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_export_requests(real_run, tmp_path, capsys):
     def error(argv):
         code = main(argv)
@@ -118,6 +129,8 @@ def test_bad_export_requests(real_run, tmp_path, capsys):
     code, err = error(["export", str(real_run.run_dir), "-o", str(tmp_path / "no" / "m.onnx")])
     assert code == 2 and "cannot write" in err
     assert error(["export", str(real_run.run_dir), "--format", "tflite", "-o", "m"])[0] == 2
+    code, err = error(["export", str(real_run.run_dir), "-o", str(tmp_path)])
+    assert code == 2 and "is a directory" in err
     code, err = error(["export", str(real_run.run_dir), "--format", "exported-program",
                        "--quantize", "int8", "-o", str(tmp_path / "m.pt2")])  # fmt: skip
     assert code == 2 and "--quantize int8 is for --format onnx" in err

@@ -61,11 +61,10 @@ def test_augmentation_moves_ink_but_keeps_the_background():
     assert torch.equal(random_affine(x), y), "seeded like everything else"
 
 
-def test_one_pixel_shift_is_one_pixel():
-    x = torch.zeros(1, 1, 28, 28)
-    x[0, 0, 14, 14] = 1.0
-    # with the bound of exactly one pixel and the uniform draw forced to its extreme
-    theta = torch.tensor([[[1.0, 0.0, 2 / 28], [0.0, 1.0, 0.0]]])
-    grid = F.affine_grid(theta, [1, 1, 28, 28], align_corners=False)
-    y = F.grid_sample(x, grid, align_corners=False)
-    assert y[0, 0].argmax().item() == 14 * 28 + 13  # sampling one pixel right moves ink left
+def test_largest_shift_moves_ink_by_max_shift_pixels(monkeypatch):
+    x = torch.zeros(3, 1, 28, 28)
+    x[:, 0, 14, 14] = 1.0
+    monkeypatch.setattr(torch, "rand", lambda n, device=None: torch.ones(n))  # extreme draws
+    y = random_affine(x, max_shift=1.0, max_degrees=0.0, max_scale=0.0)
+    # the grid samples one pixel right and one down, so the ink moves one pixel up and left
+    assert [int(i) for i in y[:, 0].flatten(1).argmax(dim=1)] == [13 * 28 + 13] * 3

@@ -67,8 +67,17 @@ def test_every_kind_of_input(real_run, test_digits, tmp_path):
     Image.fromarray(d).save(path)
     inputs = [str(path), path.read_bytes(), Image.fromarray(d), d, torch.from_numpy(d),
               torch.from_numpy(d).float() / 255]  # fmt: skip
+    inputs += [d.astype(np.int64), torch.from_numpy(d.astype(np.int64))]  # 0..255 as int64
     labels = {r["label"] for r in predictor.predict(inputs)}
     assert labels == {int(test_digits[1][2])}
+
+
+def test_an_array_of_images_is_a_batch(real_run, test_digits):
+    predictor = Predictor.from_run(real_run.run_dir)
+    digits, labels = test_digits[0][:5], test_digits[1][:5]
+    for batch in (digits, torch.from_numpy(digits), digits[:, None]):
+        records = predictor.predict(batch)
+        assert [r["label"] for r in records] == [int(y) for y in labels]
 
 
 @pytest.fixture

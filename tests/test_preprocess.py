@@ -126,6 +126,13 @@ def test_unusable_images_are_clear_errors(data, message):
         preprocess(data)
 
 
+def test_nan_pixels_are_refused():
+    a = np.zeros((40, 40), np.float32)
+    a[5, 5] = np.nan
+    with pytest.raises(ImageError, match="NaN"):
+        preprocess(a)
+
+
 def test_pixel_limit_refuses_before_decoding(tmp_path):
     path = tmp_path / "big.png"
     Image.new("L", (3000, 2000), 255).save(path)

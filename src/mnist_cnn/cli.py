@@ -430,11 +430,10 @@ def cmd_export(args) -> int:
 
     from .checkpoint import load_run
     from .datasets import load_dataset
-    from .export import ParityError, export
+    from .export import ParityError, check_request, export
 
     trained = load_run(args.run)
-    if args.quantize and args.format != "onnx":
-        raise MnistCnnError("--quantize int8 is for --format onnx")
+    check_request(args.output, args.format, args.quantize)  # before loading any data
     data = load_dataset(trained.dataset, args.data_dir, progress=_progress())
     pick = torch.randperm(len(data.train_images), generator=torch.Generator().manual_seed(0))
     try:

@@ -54,15 +54,7 @@ def export(
     calibration_images: torch.Tensor | None = None,
 ) -> ExportCheck:
     """Write ``trained`` to ``output`` in format ``fmt``; raise ParityError if the check fails."""
-    output = Path(output)
-    if fmt not in FORMATS:
-        raise MnistCnnError(f"unknown format {fmt!r} (use {' or '.join(FORMATS)})")
-    if quantize not in (None, "int8"):
-        raise MnistCnnError(f"unknown quantization {quantize!r} (use int8)")
-    if quantize and fmt != "onnx":
-        raise MnistCnnError("--quantize int8 is for --format onnx")
-    if not output.parent.is_dir() or not os.access(output.parent, os.W_OK):
-        raise MnistCnnError(f"--output {output}: cannot write to {output.parent}")
+    output = check_request(output, fmt, quantize)
     model = trained.model.cpu().eval()
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as work:
         tmp = Path(work) / output.name
@@ -83,6 +75,30 @@ def export(
             raise ParityError(check.describe())
         os.replace(tmp, output)
     return check
+
+
+def check_request(output: str | os.PathLike, fmt: str, quantize: str | None) -> Path:
+    """Refuse, before any work, what cannot be exported or written; returns ``output``."""
+    output = Path(output)
+    if fmt not in FORMATS:
+        raise MnistCnnError(f"unknown format {fmt!r} (use {' or '.join(FORMATS)})")
+    if quantize not in (None, "int8"):
+        raise MnistCnnError(f"unknown quantization {quantize!r} (use int8)")
+    if quantize and fmt != "onnx":
+        raise MnistCnnError("--quantize int8 is for --format onnx")
+    if output.is_dir():
+        raise MnistCnnError(f"--output {output}: is a directory; give a file name")
+    if not output.parent.is_dir() or not os.access(output.parent, os.W_OK):
+        raise MnistCnnError(f"--output {output}: cannot write to {output.parent}")
+    if fmt == "onnx":
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            try:
+                __import__(module)
+            except ImportError:
+                raise MnistCnnError(
+                    f"exporting to ONNX needs {module}: pip install 'mnist-cnn[export]'"
+                ) from None
+    return output
 
 
 def _example(batch: int = 2) -> torch.Tensor:

@@ -55,10 +55,16 @@ class Predictor:
             source = source.detach().cpu().numpy()
         return to_mnist(load_image(source, max_pixels=self.max_pixels))
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
+    def probabilities(self, images: np.ndarray, chunk: int = 1000) -> np.ndarray:
         """(N, 28, 28) preprocessed images in 0..1 -> (N, classes) probabilities."""
+        images = np.asarray(images, np.float32)
+        if len(images) > chunk:  # bounded memory for large folders
+            parts = [
+                self.probabilities(images[i : i + chunk]) for i in range(0, len(images), chunk)
+            ]
+            return np.concatenate(parts)
         if hasattr(self.model, "probabilities"):  # ONNX Runtime
-            return self.model.probabilities(np.asarray(images, np.float32))
+            return self.model.probabilities(images)
         import torch
 
         model = self.model.model.eval()
@@ -68,7 +74,12 @@ class Predictor:
             return torch.softmax(model(x.to(device)), dim=1).cpu().numpy()
 
     def predict(self, images, top_k: int = 3, names: Iterable[str | None] | None = None):
-        """Predict one image or a list; each may be a path, PIL image, array or tensor."""
+        """Predict one image or a list; each may be a path, PIL image, array or tensor.
+
+        An array or tensor of shape (N, H, W) or (N, C, H, W) is a batch of N images.
+        """
+        if _is_batch(images):
+            images = list(images)
         single = not isinstance(images, (list, tuple))
         items = as_items([images] if single else list(images), names)
         records = self.predict_items(items, top_k=top_k)
@@ -83,8 +94,8 @@ class Predictor:
                 if item.error:
                     raise MnistCnnError(item.error)
                 pre = self.preprocess(item.source)
-            except MnistCnnError as e:
-                message = str(e)
+            except Exception as e:  # one unusable image never stops the others
+                message = str(e) if isinstance(e, MnistCnnError) else f"unusable image ({e!r})"
                 if item.name and not message.startswith(item.name):
                     message = f"{item.name}: {message}"
                 done[i] = {"file": item.name, "error": message}
@@ -106,6 +117,13 @@ class Predictor:
             for k in order
         ]
         return {"file": name, **top[0], "top_k": top}
+
+
+def _is_batch(images) -> bool:
+    shape = getattr(images, "shape", None)
+    if shape is None or isinstance(images, (list, tuple)):
+        return False
+    return len(shape) == 4 or (len(shape) == 3 and shape[-1] not in (1, 3, 4))
 
 
 def as_items(images: list, names: Iterable[str | None] | None = None) -> list[Item]:

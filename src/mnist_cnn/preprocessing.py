@@ -64,7 +64,7 @@ def load_image(source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         raise ImageError(f"{name}: no such file") from None
     except Image.DecompressionBombError:
         raise ImageError(f"{name}: too many pixels (a decompression bomb?)") from None
-    except (OSError, ValueError, SyntaxError) as e:  # Pillow's ways of saying "not an image"
+    except Exception as e:  # Pillow says "not an image" in many ways (OSError, struct.error...)
         raise ImageError(f"{name}: not a readable image ({e})") from None
 
 
@@ -106,12 +106,15 @@ def _array_to_gray(a: np.ndarray) -> np.ndarray:
 
 
 def _to_unit(a: np.ndarray) -> np.ndarray:
-    if a.dtype == np.uint8:
-        return a.astype(np.float32) / 255.0
-    if np.issubdtype(a.dtype, np.integer):
-        return a.astype(np.float32) / max(float(np.iinfo(a.dtype).max), 1.0)
+    """Pixels as float32 in 0..1: 0..1 floats as they are, 0..255 values (any dtype) / 255,
+    larger ranges (16-bit scans) by their maximum."""
     a = a.astype(np.float32)
-    return a / 255.0 if a.max(initial=0) > 1.0 else a
+    if not np.isfinite(a).all():
+        raise ImageError("the image holds NaN or infinite values")
+    top = float(a.max(initial=0))
+    if top <= 1.0:
+        return a
+    return a / 255.0 if top <= 255.0 else a / top
 
 
 def to_mnist(gray: np.ndarray) -> Preprocessed:
@@ -219,6 +222,8 @@ def _stroke_width(mask: np.ndarray) -> float:
 
 def _thicken(crop: np.ndarray) -> np.ndarray:
     """Dilate strokes that would end up thinner than MNIST's after scaling to the 20-pixel box."""
+    if max(crop.shape) > 8 * BOX:  # work at 8x the box: as exact for the result, far cheaper
+        crop = _fit_box(crop, 8 * BOX)
     scale = BOX / max(crop.shape)  # box pixels per crop pixel
     width = _stroke_width(crop > 0.5) * scale
     if width >= THIN_LIMIT:
