@@ -25,6 +25,9 @@ import torch
 from mnist_cnn import load_run
 from mnist_cnn.onnx_model import OnnxModel
 
+sys.path.insert(0, str(Path(__file__).parent))
+from train_speed import cpu_name  # noqa: E402
+
 
 def latency_ms(fn, x, iterations: int) -> tuple[float, float]:
     for _ in range(max(20, iterations // 10)):
@@ -118,9 +121,7 @@ def main() -> None:
             t256 = throughput(fn, x1000[:256], args.repeats)
             t1000 = throughput(fn, x1000, args.repeats)
             rows.append((name, p50, p99, t256, t1000))
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), "CPU")  # fmt: skip
-    print(f"machine: {cpu}, {os.cpu_count()} CPUs; torch {torch.__version__} with "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; torch {torch.__version__} with "
           f"{threads} threads; ONNX Runtime with intra-op threads = {threads}")  # fmt: skip
     print("| runtime | batch-1 p50 | batch-1 p99 | images/s at 256 | images/s at 1000 |")
     print("|---|---|---|---|---|")
