@@ -105,6 +105,7 @@ def test_forward_computes_the_seeds_conv_relu_pool_exactly():
 
     ours, theirs = model(x), seed_forward(model, x)
     assert torch.equal(ours, theirs)
+    assert torch.equal(model.forward_conv_relu_pool(x), theirs)  # what export and benchmarks use
     g_ours = torch.autograd.grad(ours.square().sum(), [x, *model.parameters()])
     g_theirs = torch.autograd.grad(theirs.square().sum(), [x, *model.parameters()])
     for a, b in zip(g_ours, g_theirs, strict=True):

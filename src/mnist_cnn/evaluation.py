@@ -41,20 +41,15 @@ def evaluate(
 ) -> EvalResult:
     """Run ``model`` in eval mode over uint8 ``images`` (N, 28, 28) with integer ``labels``."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
-    for start in range(0, len(images), batch_size):
-        x = normalize(images[start : start + batch_size].to(device), mean, std)
-        y = labels[start : start + batch_size].to(device)
-        logits = model(x)
+    for rows, logits in _batched_logits(model, images, mean, std, batch_size):
+        y = labels[rows].to(device)
         total_loss += F.cross_entropy(logits.float(), y, reduction="sum").double()
         pred = logits.argmax(dim=1)
         confusion += torch.bincount(
             y * num_classes + pred, minlength=num_classes * num_classes
         ).view(num_classes, num_classes)
-    model.train(was_training)
     confusion = confusion.cpu()
     count = int(confusion.sum())
     correct = confusion.diag()
@@ -73,12 +68,18 @@ def predict_probabilities(
     model: nn.Module, images: torch.Tensor, *, mean: float, std: float, batch_size: int = 1000
 ) -> torch.Tensor:
     """Class probabilities (N, classes) for uint8 ``images`` (N, 28, 28), in eval mode."""
+    batches = _batched_logits(model, images, mean, std, batch_size)
+    return torch.cat([torch.softmax(logits, dim=1) for _, logits in batches]).cpu()
+
+
+def _batched_logits(model: nn.Module, images: torch.Tensor, mean, std, batch_size: int):
+    """Yield (rows, logits) over uint8 ``images`` in batches, with the model in eval mode."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = [
-        torch.softmax(model(normalize(images[i : i + batch_size].to(device), mean, std)), dim=1)
-        for i in range(0, len(images), batch_size)
-    ]
-    model.train(was_training)
-    return torch.cat(out).cpu()
+    try:
+        for start in range(0, len(images), batch_size):
+            rows = slice(start, start + batch_size)
+            yield rows, model(normalize(images[rows].to(device), mean, std))
+    finally:
+        model.train(was_training)

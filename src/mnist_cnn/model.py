@@ -77,6 +77,11 @@ class CustomCNN(nn.Module):
         x = self.dropout(self.relu(self.fc1(x)))  # (N, 625)
         return self.fc2(x)
 
+    def forward_conv_relu_pool(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` in the seed's literal order, module by module: the same function."""
+        x = self.layer3(self.layer2(self.layer1(x))).flatten(1)  # (N, 2048)
+        return self.fc2(self.dropout(self.relu(self.fc1(x))))
+
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, num_classes): softmax over the logits, in eval mode."""
