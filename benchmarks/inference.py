@@ -50,6 +50,21 @@ def throughput(fn, x, repeats: int) -> float:
     return statistics.median(rates)
 
 
+def weight_stream_floor_ms(model, threads: int) -> tuple[float, float]:
+    """The least time batch 1 can take on this machine for fc1 alone, in fp32.
+
+    At batch 1, fc1 reads each of its 2048 x 625 fp32 weights (5.1 MB) once. When they do not
+    fit in the cores' L2 caches they come from L3 or memory every call, so reading that many
+    bytes (a parallel sum over a buffer of the same size, on the same threads) bounds fc1 from
+    below. Returns (floor in ms, bytes read in MB).
+    """
+    nbytes = model.fc1.weight.numel() * 4
+    buffer = torch.rand(nbytes // 4)
+    torch.set_num_threads(threads)
+    p50, _ = latency_ms(lambda _: buffer.sum(), None, 2000)
+    return p50, nbytes / 1e6
+
+
 def torch_runners(model) -> dict:
     eager = model.eval()
 
@@ -121,12 +136,17 @@ def main() -> None:
             t256 = throughput(fn, x1000[:256], args.repeats)
             t1000 = throughput(fn, x1000, args.repeats)
             rows.append((name, p50, p99, t256, t1000))
+    floor, mb = weight_stream_floor_ms(trained.model, threads)
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; torch {torch.__version__} with "
           f"{threads} threads; ONNX Runtime with intra-op threads = {threads}")  # fmt: skip
     print("| runtime | batch-1 p50 | batch-1 p99 | images/s at 256 | images/s at 1000 |")
     print("|---|---|---|---|---|")
     for name, p50, p99, t256, t1000 in rows:
         print(f"| {name} | {p50:.3f} ms | {p99:.3f} ms | {t256:,.0f} | {t1000:,.0f} |")
+    print(
+        f"floor for batch 1: reading fc1's {mb:.1f} MB of fp32 weights takes {floor:.3f} ms "
+        f"(p50, {threads} threads) before any convolution runs"
+    )
 
 
 if __name__ == "__main__":
