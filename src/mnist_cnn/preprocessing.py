@@ -131,11 +131,11 @@ def to_mnist(gray: np.ndarray) -> Preprocessed:
     # (MNIST's anti-aliasing) between the two.
     paper = ink[~mask]  # mostly background, plus the strokes' faint fringe
     if paper.size:
-        median = float(np.median(paper))
-        floor = median + 3 * 1.4826 * float(np.median(np.abs(paper - median)))  # noise level
+        median = _quantile(paper, 50)
+        floor = median + 3 * 1.4826 * _quantile(np.abs(paper - median), 50)  # noise level
     else:
         floor = 0.0
-    scale = float(np.percentile(ink[mask], 95))
+    scale = _quantile(ink[mask], 95)
     ink = np.clip((ink - floor) / max(scale - floor, 1e-6), 0, 1).astype(np.float32)
     steps["ink"] = ink
     top, bottom, left, right = _bounding_box(ink)
@@ -154,7 +154,19 @@ def _background_is_light(gray: np.ndarray) -> bool:
     b = max(1, min(h, w) // 20)
     border = np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(),
                              gray[:, -b:].ravel()])  # fmt: skip
-    return float(np.median(border)) > 0.5
+    return _quantile(border, 50) > 0.5
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    """``np.percentile(values, q)`` (linear interpolation), without its per-call overhead:
+    a served request computes several of these on a small image."""
+    v = np.ravel(values)
+    pos = q / 100 * (v.size - 1)
+    lo = int(pos)
+    hi = min(lo + 1, v.size - 1)
+    part = np.partition(v, (lo, hi))
+    a, b = float(part[lo]), float(part[hi])
+    return a + (b - a) * (pos - lo)
 
 
 def _background(x: np.ndarray, blocks: int = 8) -> np.ndarray:
@@ -164,11 +176,11 @@ def _background(x: np.ndarray, blocks: int = 8) -> np.ndarray:
     """
     h, w = x.shape
     if min(h, w) < 4 * blocks:  # small images (drawings, MNIST itself): one flat level
-        return np.full_like(x, np.percentile(x, 20))
+        return np.full_like(x, _quantile(x, 20))
     ys = np.linspace(0, h, blocks + 1).astype(int)
     xs = np.linspace(0, w, blocks + 1).astype(int)
     grid = np.array(
-        [[np.percentile(x[y0:y1, x0:x1], 20) for x0, x1 in zip(xs[:-1], xs[1:], strict=True)]
+        [[_quantile(x[y0:y1, x0:x1], 20) for x0, x1 in zip(xs[:-1], xs[1:], strict=True)]
          for y0, y1 in zip(ys[:-1], ys[1:], strict=True)],
         dtype=np.float32,
     )  # fmt: skip
@@ -178,9 +190,10 @@ def _background(x: np.ndarray, blocks: int = 8) -> np.ndarray:
 
 def _otsu(values: np.ndarray, bins: int = 256) -> float:
     """The threshold that best separates ink from background (Otsu's method)."""
-    hist, edges = np.histogram(values, bins=bins, range=(0.0, max(float(values.max()), 1e-6)))
-    hist = hist.astype(np.float64)
-    centers = (edges[:-1] + edges[1:]) / 2
+    top = max(float(values.max()), 1e-6)
+    index = np.minimum((values.ravel() * (bins / top)).astype(np.intp), bins - 1)
+    hist = np.bincount(index, minlength=bins).astype(np.float64)  # np.histogram, but cheaper
+    centers = (np.arange(bins) + 0.5) * (top / bins)
     w0 = np.cumsum(hist)
     w1 = w0[-1] - w0
     m0 = np.cumsum(hist * centers)
@@ -246,9 +259,11 @@ def _fit_box(crop: np.ndarray, box: int) -> np.ndarray:
     h, w = crop.shape
     s = box / max(h, w)
     size = (max(1, round(w * s)), max(1, round(h * s)))
-    img = Image.fromarray(crop.astype(np.float32), mode="F")
-    resized = np.asarray(img.resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
-    return np.clip(resized, 0, 1)
+    data = np.ascontiguousarray(crop, dtype=np.float32).tobytes()
+    img = Image.frombuffer("F", (w, h), data, "raw", "F", 0, 1)  # cheaper than fromarray
+    resized = img.resize(size, Image.Resampling.LANCZOS)
+    out = np.frombuffer(resized.tobytes(), np.float32).reshape(size[1], size[0])
+    return np.minimum(np.maximum(out, 0), 1)  # Lanczos rings slightly past 0..1
 
 
 def _center_by_mass(digit: np.ndarray, size: int) -> np.ndarray:
