@@ -104,3 +104,24 @@ def real_run(tmp_path_factory):
 def test_digits(real_run):
     data = load_dataset("mnist", _REAL_MNIST)
     return data.test_images[:300].numpy(), data.test_labels[:300].numpy()
+
+
+@pytest.fixture(scope="session")
+def exported(real_run, tmp_path_factory):
+    """The real run exported to fp32 and int8 ONNX (once for these tests)."""
+    from mnist_cnn.cli import main
+
+    folder = tmp_path_factory.mktemp("exported")
+    for name, extra in (("model.onnx", []), ("model.int8.onnx", ["--quantize", "int8"])):
+        assert main(["export", str(real_run.run_dir), "-o", str(folder / name), *extra]) == 0
+    return folder
+
+
+@pytest.fixture(scope="session")
+def served(real_run, tmp_path_factory):
+    """The real run served by `mnist-cnn serve` (one server for the session)."""
+    from servers import Server
+
+    server = Server(str(real_run.run_dir), tmp_path_factory.mktemp("serve") / "server.log")
+    yield server
+    server.stop()

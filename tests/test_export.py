@@ -13,15 +13,6 @@ from mnist_cnn.cli import main
 from mnist_cnn.predict import Predictor
 
 
-@pytest.fixture(scope="session")
-def exported(real_run, tmp_path_factory):
-    """The real run exported to fp32 and int8 ONNX (once for these tests)."""
-    folder = tmp_path_factory.mktemp("exported")
-    for name, extra in (("model.onnx", []), ("model.int8.onnx", ["--quantize", "int8"])):
-        assert main(["export", str(real_run.run_dir), "-o", str(folder / name), *extra]) == 0
-    return folder
-
-
 def test_onnx_is_self_describing_with_a_dynamic_batch(exported, real_run, test_digits):
     import onnx
     import onnxruntime as ort

@@ -175,6 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is (for the check)")
     x.set_defaults(func=cmd_export)
 
+    v = sub.add_parser("serve", help="an HTTP API and a page to draw digits on (FastAPI)")
+    v.add_argument(
+        "run", metavar="RUN", help="run directory, a model.safetensors in one, or an exported .onnx"
+    )
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    v.add_argument("--port", type=int, default=8000, help="port (8000; 0 picks a free one)")
+    v.add_argument("--max-body", type=float, default=5, metavar="MB",
+                   help="largest request body in MB (5)")  # fmt: skip
+    v.add_argument("--max-pixels", type=int, default=16_000_000, metavar="N",
+                   help="refuse uploaded images with more pixels (16 megapixels)")  # fmt: skip
+    v.add_argument("--batch-wait", type=float, default=2.0, metavar="MS",
+                   help="wait up to MS ms for concurrent requests to batch (2)")  # fmt: skip
+    v.add_argument("--max-batch", type=int, default=64, metavar="N",
+                   help="most images in one forward pass (64)")  # fmt: skip
+    v.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes serving requests, each with the model (1)")  # fmt: skip
+    v.add_argument("--threads", type=int, metavar="N",
+                   help="threads for the model (default: the runtime's choice)")  # fmt: skip
+    v.add_argument("--device", choices=DEVICES, default="cpu")
+    v.set_defaults(func=cmd_serve)
+
     s = sub.add_parser("summary", help="each layer's output shape and parameter count")
     s.add_argument("run", metavar="RUN", nargs="?", help="a trained run (default: a new model)")
     s.set_defaults(func=cmd_summary)
@@ -385,6 +406,35 @@ def cmd_predict(args) -> int:
     if failed and not args.json:
         print(f"{failed} of {len(records)} images could not be used", file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_serve(args) -> int:
+    from .device import select_device
+
+    for name, low in (("port", 0), ("max_body", 0.001), ("max_pixels", 1), ("max_batch", 1)):
+        if getattr(args, name) < low:
+            raise MnistCnnError(f"--{name.replace('_', '-')} must be at least {low}")
+    if not 0 <= args.batch_wait <= 1000:
+        raise MnistCnnError("--batch-wait must be between 0 and 1000 ms")
+    if args.port > 65535:
+        raise MnistCnnError("--port must be at most 65535")
+    try:
+        from .serve import serve
+    except ImportError as e:
+        raise MnistCnnError(
+            f"serving needs FastAPI and uvicorn ({e.name} is missing): "
+            "pip install 'mnist-cnn[serve]'"
+        ) from None
+    if args.threads is not None and args.threads < 1:
+        raise MnistCnnError("--threads must be at least 1")
+    if args.workers < 1:
+        raise MnistCnnError("--workers must be at least 1")
+    device = "cpu" if args.run.endswith(".onnx") else select_device(args.device)
+    serve(args.run, host=args.host, port=args.port, workers=args.workers, device=device,
+          threads=args.threads, max_body=int(args.max_body * 1024 * 1024),
+          max_pixels=args.max_pixels, batch_wait=args.batch_wait / 1000,
+          max_batch=args.max_batch)  # fmt: skip
+    return 0
 
 
 def _preprocessed_saver(folder: Path):

@@ -19,6 +19,7 @@ import torch
 from .checkpoint import TrainedModel
 from .errors import MnistCnnError
 from .evaluation import normalize
+from .model import count_parameters
 
 FORMATS = ("onnx", "exported-program")
 OPSET = 21
@@ -165,6 +166,7 @@ def _metadata(trained: TrainedModel) -> dict[str, str]:
         "input": "float32 (N, 1, 28, 28): pixels / 255, then (x - mean) / std",
         "output": "float32 (N, classes) logits; softmax gives probabilities",
         "test_accuracy": repr(metrics.get("test_accuracy", "")),
+        "parameters": str(count_parameters(trained.model)),
         "producer": "mnist-cnn",
     }
 

@@ -1,0 +1,177 @@
+"""Load on `mnist-cnn serve`: requests/s, latency p50/p99 and errors, for a bounded time and count.
+
+Each client keeps one HTTP/1.1 connection open and sends single-image requests back to back
+(MNIST test digits as PNG uploads, or as JSON pixels). The client is plain asyncio, so that it
+costs the machine as little as possible next to the server it measures.
+
+    python benchmarks/serve_load.py --url http://127.0.0.1:8000          # a running server
+    python benchmarks/serve_load.py --start RUN [--server-args "..."]    # starts one itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from urllib.parse import urlsplit
+
+import numpy as np
+from PIL import Image
+
+from mnist_cnn.datasets import DATASETS, find_files, locate
+from mnist_cnn.idx import load_idx
+
+
+def payloads(kind: str, count: int, data_dir: str | None) -> tuple[list[bytes], list[int]]:
+    """(request bodies with their headers' content type, true labels) from MNIST's test set."""
+    info = DATASETS["mnist"]
+    folder = locate(info, data_dir)
+    if folder is None:
+        sys.exit("MNIST not found: pass --data-dir or set MNIST_CNN_DATA")
+    files = find_files(info, folder)
+    images = load_idx(files["test-images"])[:count]
+    labels = load_idx(files["test-labels"])[:count]
+    bodies = []
+    for image in images:
+        if kind == "json":
+            bodies.append(json.dumps({"pixels": image.tolist()}).encode())
+        else:
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="PNG")
+            bodies.append(buffer.getvalue())
+    return bodies, [int(x) for x in labels]
+
+
+def request_bytes(host: str, path: str, kind: str, body: bytes) -> bytes:
+    if kind == "json":
+        ctype = "application/json"
+    else:
+        boundary = "mnistcnnload"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                f'filename="digit.png"\r\nContent-Type: image/png\r\n\r\n'
+            ).encode()
+            + body
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        ctype = f"multipart/form-data; boundary={boundary}"
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")  # fmt: skip
+    return head.encode() + body
+
+
+async def client(host, port, requests, labels, stop_at, budget, results, start=0):
+    reader, writer = await asyncio.open_connection(host, port)
+    i = start % len(requests)
+    expected = [f'"label":{label},'.encode() for label in labels]
+    try:
+        while time.perf_counter() < stop_at and budget[0] > 0:
+            budget[0] -= 1
+            begin = time.perf_counter()
+            writer.write(requests[i])
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            at = head.lower().find(b"content-length:")
+            length = int(head[at + 15 : head.find(b"\r\n", at)]) if at >= 0 else 0
+            body = await reader.readexactly(length)
+            first = body.find(b'"label":')  # the answer's own label comes before top_k's
+            ok = status == 200 and body.startswith(expected[i], first)  # cheaper than json
+            results.append((time.perf_counter() - begin, status, ok))
+            i = (i + 1) % len(requests)
+    finally:
+        writer.close()
+
+
+async def drive(url: str, kind: str, concurrency: int, duration: float, count: int,
+                bodies: list[bytes], labels: list[int]) -> tuple[list, float]:  # fmt: skip
+    parts = urlsplit(url)
+    host, port = parts.hostname, parts.port or 80
+    requests = [request_bytes(parts.netloc, "/v1/predict", kind, b) for b in bodies]
+    warm: list = []  # one request per client first: connections and the model warm
+    await asyncio.gather(*(client(host, port, requests, labels, float("inf"), [1], warm)
+                           for _ in range(concurrency)))  # fmt: skip
+    results: list = []
+    budget = [count]
+    start = time.perf_counter()
+    stop_at = start + duration
+    spread = len(requests) // concurrency  # each client starts at its own part of the set
+    await asyncio.gather(*(client(host, port, requests, labels, stop_at, budget, results,
+                                  k * spread) for k in range(concurrency)))  # fmt: skip
+    return results, time.perf_counter() - start
+
+
+def start_server(run: str, extra: str) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "mnist_cnn", "serve", run, "--port", str(port),
+           *shlex.split(extra)]  # fmt: skip
+    server = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=1).read()
+            return server, url
+        except OSError:
+            if server.poll() is not None:
+                sys.exit(f"the server exited with {server.returncode}: {' '.join(cmd)}")
+            time.sleep(0.1)
+    server.kill()
+    sys.exit("the server did not come up in 30 s")
+
+
+def run(coroutine):
+    """asyncio.run on uvloop when it is there (it comes with uvicorn[standard]): the client
+    shares the machine with the server, so the less it costs, the truer the figures."""
+    try:
+        import uvloop
+
+        return uvloop.run(coroutine)
+    except ImportError:
+        return asyncio.run(coroutine)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8000")
+    where.add_argument("--start", metavar="RUN", help="start `mnist-cnn serve RUN` on a free port")
+    parser.add_argument("--server-args", default="", help="more options for the started server")
+    parser.add_argument("--concurrency", type=int, default=16, help="clients at once (16)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds at most (10)")
+    parser.add_argument("--requests", type=int, default=20000, help="requests at most (20000)")
+    parser.add_argument("--payload", choices=("png", "json"), default="png")
+    parser.add_argument("--images", type=int, default=1000, help="distinct test images (1000)")
+    parser.add_argument("--data-dir", help="where MNIST is (default: the usual search)")
+    args = parser.parse_args()
+
+    bodies, labels = payloads(args.payload, args.images, args.data_dir)
+    server, url = start_server(args.start, args.server_args) if args.start else (None, args.url)
+    try:
+        results, seconds = run(drive(url, args.payload, args.concurrency, args.duration,
+                                             args.requests, bodies, labels))  # fmt: skip
+    finally:
+        if server:
+            server.terminate()
+            server.wait(10)
+    latency = np.array([r[0] for r in results]) * 1000
+    errors = sum(r[1] != 200 for r in results)
+    wrong = sum(r[1] == 200 and not r[2] for r in results)
+    print(f"{len(results)} requests ({args.payload}) from {args.concurrency} clients in "
+          f"{seconds:.1f} s, {os.cpu_count()} CPUs shared by server and clients")  # fmt: skip
+    print(f"requests/s {len(results) / seconds:,.0f}  p50 {np.percentile(latency, 50):.1f} ms  "
+          f"p99 {np.percentile(latency, 99):.1f} ms  max {latency.max():.1f} ms  "
+          f"errors {errors}  misclassified {wrong}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

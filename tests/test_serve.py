@@ -1,0 +1,304 @@
+"""`mnist-cnn serve`: a real uvicorn server on 127.0.0.1, spoken to over HTTP."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import sys
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+from servers import Server, multipart, png_bytes
+
+from mnist_cnn.cli import main
+from mnist_cnn.model import CustomCNN, count_parameters
+
+
+def post_png(server, image: np.ndarray, query: str = "") -> tuple[int, dict]:
+    body, headers = multipart(png_bytes(image))
+    status, _, data = server.request("POST", "/v1/predict" + query, body, headers)
+    return status, json.loads(data)
+
+
+def post_json(server, payload, query: str = "") -> tuple[int, dict]:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json"}
+    status, _, data = server.request("POST", "/v1/predict" + query, body, headers)
+    return status, json.loads(data)
+
+
+def test_health_model_and_docs(served, real_run):
+    status, _, body = served.request("GET", "/healthz")
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+
+    status, _, body = served.request("GET", "/v1/model")
+    info = json.loads(body)
+    assert status == 200
+    assert info["architecture"] == "CustomCNN" and info["dataset"] == "mnist"
+    assert info["classes"] == [str(d) for d in range(10)]
+    assert info["parameters"] == count_parameters(CustomCNN()) == 1_379_557
+    assert info["test_accuracy"] == pytest.approx(real_run.final["test_accuracy"])
+    assert info["runtime"] == "pytorch"
+
+    status, headers, body = served.request("GET", "/docs")
+    assert status == 200 and b"swagger" in body.lower()
+    status, _, body = served.request("GET", "/openapi.json")
+    spec = json.loads(body)
+    content = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(content)
+
+
+def test_the_page_and_its_files_work_offline(served):
+    status, headers, page = served.request("GET", "/")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    html = page.decode()
+    assert "<canvas" in html and 'name="viewport"' in html
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert asset in html
+        status, _, body = served.request("GET", asset)
+        assert status == 200 and len(body) > 500
+        # nothing from a CDN or a font service: the page must work with no internet
+        assert b"http://" not in body and b"https://" not in body
+    assert "http://" not in html and "https://" not in html
+
+
+def test_predict_upload_matches_the_cli(served, real_run, test_digits, tmp_path, capsys):
+    images, labels = test_digits
+    right = 0
+    for i in range(20):
+        status, record = post_png(served, images[i])
+        assert status == 200
+        right += record["label"] == labels[i]
+    assert right >= 19  # the run is ~97% accurate
+
+    path = tmp_path / "seven.png"
+    path.write_bytes(png_bytes(images[0]))
+    assert main(["predict", str(real_run.run_dir), str(path), "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    body, headers = multipart(path.read_bytes(), filename="seven.png")
+    status, _, data = served.request("POST", "/v1/predict", body, headers)
+    record = json.loads(data)
+    assert status == 200
+    assert set(record) == set(cli) == {"file", "label", "class", "probability", "top_k"}
+    assert record["file"] == "seven.png"
+    assert (record["label"], record["class"]) == (cli["label"], cli["class"])
+    assert record["probability"] == pytest.approx(cli["probability"], abs=1e-5)
+    assert [t["label"] for t in record["top_k"]] == [t["label"] for t in cli["top_k"]]
+
+
+def test_json_pixels_give_the_same_answer_as_the_png(served, test_digits):
+    images, labels = test_digits
+    for i in range(5):
+        s1, from_png = post_png(served, images[i])
+        s2, from_json = post_json(served, {"pixels": images[i].tolist()})
+        assert s1 == s2 == 200
+        assert from_json["label"] == from_png["label"]
+        assert from_json["probability"] == pytest.approx(from_png["probability"], abs=1e-5)
+        assert from_json["file"] is None
+
+
+def test_top_k_and_the_image_the_model_saw(served, test_digits):
+    images, _ = test_digits
+    status, record = post_png(served, images[1], "?top_k=10&image=true")
+    assert status == 200
+    probs = [t["probability"] for t in record["top_k"]]
+    assert len(probs) == 10 and probs == sorted(probs, reverse=True)
+    assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+    seen = np.array(record["image"])
+    assert seen.shape == (28, 28) and seen.min() >= 0 and seen.max() == 255
+    # an MNIST digit passes through preprocessing nearly unchanged
+    assert np.abs(seen.astype(float) - images[1]).mean() < 3
+    for bad in ("?top_k=0", "?top_k=11", "?top_k=two"):
+        status, answer = post_png(served, images[1], bad)
+        assert status == 422 and "top_k" in answer["error"]
+
+
+def pixel_bomb() -> bytes:
+    """A valid 20000 x 20000 grayscale PNG of a few kilobytes (400 megapixels)."""
+    w = h = 20_000
+    raw = zlib.compress(b"\0" * ((w + 1) * h), 9)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    header = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw)
+            + chunk(b"IEND", b""))  # fmt: skip
+
+
+def bad_requests(digit: np.ndarray) -> list[tuple[str, int, bytes, dict, str]]:
+    """(case, expected status, body, headers, a word the error must contain)."""
+    png = png_bytes(digit)
+    blank = png_bytes(np.zeros((28, 28), np.uint8))
+    jpeg = io.BytesIO()
+    Image.fromarray(digit).save(jpeg, format="JPEG")
+    as_json = {"Content-Type": "application/json"}
+    cases = [
+        ("not an image", 415, *multipart(b"%PDF-1.4 hello", "doc.pdf"), "not an image"),
+        ("text file", 415, *multipart(b"just some text\n", "notes.txt"), "not an image"),
+        ("truncated png", 422, *multipart(png[: len(png) // 2]), "image"),
+        ("truncated jpeg", 422, *multipart(jpeg.getvalue()[:200], "x.jpg"), "image"),
+        ("pixel bomb", 422, *multipart(pixel_bomb(), "bomb.png"), "pixels"),
+        ("empty file", 422, *multipart(b"", "empty.png"), "empty"),
+        ("blank image", 422, *multipart(blank, "blank.png"), "no ink"),
+        ("wrong field", 422, *multipart(png, field="image"), '"file"'),
+        ("malformed json", 422, b'{"pixels": [[0, 1', as_json, "JSON"),
+        ("json not object", 422, b"[1, 2, 3]", as_json, "pixels"),
+        ("wrong shape", 422, json.dumps({"pixels": [[0] * 28] * 27}).encode(), as_json, "28"),
+        (
+            "ragged",
+            422,
+            json.dumps({"pixels": [[0] * 28] * 27 + [[0] * 5]}).encode(),
+            as_json,
+            "28",
+        ),  # fmt: skip
+        ("strings", 422, json.dumps({"pixels": [["a"] * 28] * 28}).encode(), as_json, "28"),
+        (
+            "out of range",
+            422,
+            json.dumps({"pixels": [[300] * 28] * 28}).encode(),
+            as_json,
+            "between",
+        ),  # fmt: skip
+        ("negative", 422, json.dumps({"pixels": [[-1] * 28] * 28}).encode(), as_json, "between"),
+        ("no content type", 415, png, {}, "multipart"),
+        (
+            "form urlencoded",
+            415,
+            b"a=1",
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            "multipart",
+        ),  # fmt: skip
+        (
+            "broken multipart",
+            422,
+            b"--x\r\nnonsense",
+            {"Content-Type": "multipart/form-data; boundary=x"},
+            '"file"',
+        ),  # fmt: skip
+        ("over 5 MB", 413, *multipart(b"\0" * (5 * 1024 * 1024 + 10)), "5 MB"),
+    ]
+    return cases
+
+
+def test_every_bad_input_gets_a_clear_error_and_the_server_lives(served, test_digits):
+    for case, expected, body, headers, word in bad_requests(test_digits[0][0]):
+        status, _, data = served.request("POST", "/v1/predict", body, headers)
+        assert status == expected, (case, status, data[:200])
+        error = json.loads(data)["error"]
+        assert word.lower() in error.lower(), (case, error)
+        assert "\n" not in error and "Traceback" not in error
+    assert served.request("GET", "/healthz")[0] == 200
+    assert served.request("GET", "/no-such-page")[0] == 404
+    assert served.request("DELETE", "/v1/predict")[0] == 405
+
+
+def test_a_chunked_body_over_the_limit_is_refused(served):
+    """No Content-Length to trust: the server counts what arrives."""
+    host, port = served.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                  b"Content-Type: application/json\r\n\r\n")  # fmt: skip
+        piece = b"x" * 65536
+        try:
+            for _ in range(100):  # 6.4 MB
+                s.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            s.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before we finished: fine
+        answer = s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert served.request("GET", "/healthz")[0] == 200
+
+
+def test_one_log_line_per_request_and_no_500(served):
+    before = served.log.read_text().count('"GET /healthz"')
+    for _ in range(3):
+        served.request("GET", "/healthz")
+    log = served.log.read_text()
+    assert log.count('"GET /healthz"') == before + 3
+    assert " 500 " not in log and "Traceback" not in log
+    line = [x for x in log.splitlines() if '"POST /v1/predict" 200' in x][-1]
+    assert line.split()[2] == "127.0.0.1" and line.rstrip().split()[-2] in "0123456789"
+
+
+def test_a_burst_of_concurrent_requests_all_succeed(served, test_digits):
+    """16 clients at once, 20 requests each: every answer a 200, nearly all right."""
+    images, labels = test_digits
+    bodies = [multipart(png_bytes(images[i])) for i in range(64)]
+
+    def client(k: int) -> list[tuple[int, bool]]:
+        out = []
+        for j in range(20):
+            i = (k * 20 + j) % 64
+            status, _, data = served.request("POST", "/v1/predict", *bodies[i])
+            out.append((status, status == 200 and json.loads(data)["label"] == labels[i]))
+        return out
+
+    with ThreadPoolExecutor(16) as pool:
+        results = [r for rs in pool.map(client, range(16)) for r in rs]
+    assert len(results) == 320
+    assert all(status == 200 for status, _ in results)
+    assert sum(ok for _, ok in results) >= 0.95 * 320
+
+
+def test_serves_an_exported_onnx_model(exported, test_digits, tmp_path):
+    images, labels = test_digits
+    server = Server(str(exported / "model.onnx"), tmp_path / "onnx.log")
+    try:
+        info = json.loads(server.request("GET", "/v1/model")[2])
+        assert info["runtime"] == "onnxruntime" and info["parameters"] == 1_379_557
+        assert info["classes"] == [str(d) for d in range(10)]
+        right = sum(post_png(server, images[i])[1]["label"] == labels[i] for i in range(10))
+        assert right >= 9
+    finally:
+        server.stop()
+
+
+def test_several_worker_processes_share_the_port(real_run, test_digits, tmp_path):
+    images, labels = test_digits
+    server = Server(str(real_run.run_dir), tmp_path / "workers.log", "--workers", "2")
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda i: post_png(server, images[i]), range(12)))
+        assert all(status == 200 for status, _ in answers)
+        assert sum(r["label"] == labels[i] for i, (_, r) in enumerate(answers)) >= 11
+    finally:
+        server.stop()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mnist_cnn", "serve", *args],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["no-such-run"], "no-such-run"),
+        (["{run}", "--workers", "0"], "--workers"),
+        (["{run}", "--port", "70000"], "--port"),
+        (["{run}", "--max-body", "0"], "--max-body"),
+        (["{run}", "--host", "no.such.host.invalid"], "--host"),
+    ],
+)
+def test_bad_command_lines_are_one_line_errors(real_run, args, message):
+    done = run_cli(*[a.format(run=real_run.run_dir) for a in args])
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in done.stderr
+
+
+def test_a_taken_port_is_a_one_line_error(real_run):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        done = run_cli(str(real_run.run_dir), "--port", str(s.getsockname()[1]))
+    assert done.returncode == 2
+    assert "cannot listen" in done.stderr and "Traceback" not in done.stderr
