@@ -71,9 +71,15 @@ def seven(page):
     stroke(page, [(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)])
 
 
+def settled(page) -> None:
+    """Wait until no prediction is pending: debounce over, every request answered."""
+    page.wait_for_timeout(300)  # longer than the page's debounce
+    page.wait_for_function("document.body.dataset.busy === '0'", timeout=15_000)
+
+
 def predicted(page) -> str:
     page.wait_for_function("document.body.dataset.predicted !== undefined", timeout=15_000)
-    page.wait_for_timeout(400)  # the last debounced answer
+    settled(page)
     return page.evaluate("document.body.dataset.predicted")
 
 
@@ -94,18 +100,26 @@ def test_drawing_a_digit_shows_the_right_answer(page, draw, digit, tmp_path):
         ".getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 === 0 && v > 200).length"
     )
     assert bright > 20
+    # inside the network: all 32 maps of layer1, 16 of layer2 and 16 of layer3
+    page.wait_for_function("document.querySelectorAll('#stages canvas').length === 64")
+    assert page.locator("#inside").is_visible()
+    lit = page.evaluate(
+        "Array.from(document.querySelectorAll('#stages canvas')).filter(c => Array.from("
+        "c.getContext('2d').getImageData(0, 0, c.width, c.height).data).some((v, i) => "
+        "i % 4 === 0 && v > 100)).length"
+    )
+    assert lit > 20  # the maps are drawn, not blank
     shot = Path(os.environ.get("MNIST_CNN_SCREENSHOTS", tmp_path)) / f"page-{digit}.png"
-    page.screenshot(path=str(shot))
+    page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
 
 
 def test_undo_clear_and_keyboard(page):
     one(page)
     assert predicted(page) == "1"
-    stroke(page, [(0.2, 0.5), (0.8, 0.5)])  # a cross stroke: no longer a clean 1
-    page.wait_for_timeout(600)
+    stroke(page, [(0.15, 0.5), (0.85, 0.5)])  # a cross bar: not a 1 any more
+    assert predicted(page) != "1"
     page.locator("#undo").click()
-    page.wait_for_timeout(600)
     assert predicted(page) == "1"
     page.locator("#clear").click()
     assert page.locator("#label").inner_text() == "?"
@@ -122,6 +136,15 @@ def test_undo_clear_and_keyboard(page):
     assert {"pad", "undo", "clear"} <= focused
 
 
+def test_clearing_while_an_answer_is_on_its_way_leaves_no_answer(page):
+    for _ in range(3):
+        one(page)
+        page.keyboard.press("Escape")  # before the drawing's answer can arrive
+        settled(page)
+        assert page.locator("#label").inner_text() == "?"
+        assert page.evaluate("document.body.dataset.predicted") is None
+
+
 def test_fits_a_phone_screen(browser, served, tmp_path):
     context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True,
                                   is_mobile=True, device_scale_factor=2)  # fmt: skip
@@ -133,6 +156,7 @@ def test_fits_a_phone_screen(browser, served, tmp_path):
     assert pad["width"] >= 250 and pad["x"] >= 0 and pad["x"] + pad["width"] <= 390
     one(page)
     assert predicted(page) == "1"
+    assert page.locator("#badge").inner_text().startswith("1")  # the answer on the pad itself
     shot = Path(os.environ.get("MNIST_CNN_SCREENSHOTS", tmp_path)) / "page-phone.png"
     page.screenshot(path=str(shot), full_page=True)
     context.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -136,6 +137,12 @@ def bad_requests(digit: np.ndarray) -> list[tuple[str, int, bytes, dict, str]]:
     """(case, expected status, body, headers, a word the error must contain)."""
     png = png_bytes(digit)
     blank = png_bytes(np.zeros((28, 28), np.uint8))
+    tiff = io.BytesIO()  # float pixels with an infinity in them
+    floats = digit.astype(np.float32)
+    floats[0, 0] = np.inf
+    Image.fromarray(floats, mode="F").save(tiff, format="TIFF")
+    deep = b'{"pixels": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    huge = b'{"pixels": [[1' + b"0" * 400 + b"]]}"
     jpeg = io.BytesIO()
     Image.fromarray(digit).save(jpeg, format="JPEG")
     as_json = {"Content-Type": "application/json"}
@@ -167,6 +174,17 @@ def bad_requests(digit: np.ndarray) -> list[tuple[str, int, bytes, dict, str]]:
             "between",
         ),  # fmt: skip
         ("negative", 422, json.dumps({"pixels": [[-1] * 28] * 28}).encode(), as_json, "between"),
+        ("float tiff with inf", 422, *multipart(tiff.getvalue(), "x.tif"), "infinite"),
+        ("deeply nested json", 422, deep, as_json, "nested"),
+        ("huge integer", 422, huge, as_json, "28"),
+        (
+            "numbers as strings",
+            422,
+            json.dumps({"pixels": [["5"] * 28] * 28}).encode(),
+            as_json,
+            "28",
+        ),  # fmt: skip
+        ("booleans", 422, json.dumps({"pixels": [[True] * 28] * 28}).encode(), as_json, "28"),
         ("no content type", 415, png, {}, "multipart"),
         (
             "form urlencoded",
@@ -217,15 +235,59 @@ def test_a_chunked_body_over_the_limit_is_refused(served):
     assert served.request("GET", "/healthz")[0] == 200
 
 
-def test_one_log_line_per_request_and_no_500(served):
+def test_one_log_line_per_request_and_no_500(served, test_digits):
     before = served.log.read_text().count('"GET /healthz"')
     for _ in range(3):
         served.request("GET", "/healthz")
+    status, record = post_png(served, test_digits[0][0])
     log = served.log.read_text()
     assert log.count('"GET /healthz"') == before + 3
     assert " 500 " not in log and "Traceback" not in log
     line = [x for x in log.splitlines() if '"POST /v1/predict" 200' in x][-1]
-    assert line.split()[2] == "127.0.0.1" and line.rstrip().split()[-2] in "0123456789"
+    # time, process, client, "method path", status, milliseconds, answer
+    assert line.split()[3] == "127.0.0.1"
+    assert line.rstrip().endswith(f"{record['class']} {record['probability']:.3f}")
+
+
+def test_a_client_that_hangs_up_mid_body_is_no_error(served):
+    host, port = served.url.removeprefix("http://").split(":")
+    for kind in ("application/json", "multipart/form-data; boundary=x"):
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\n"
+                      "Content-Length: 1000\r\n\r\n{\"pixels\": [[0,".encode())  # fmt: skip
+    assert served.request("GET", "/healthz")[0] == 200
+    log = served.log.read_text()
+    assert " 500 " not in log and "Traceback" not in log
+    assert '"POST /v1/predict" 499' in log  # logged as the client's doing
+
+
+def test_head_requests_for_health_checks(served):
+    for path in ("/", "/healthz", "/v1/model"):
+        status, _, body = served.request("HEAD", path)
+        assert status == 200 and body == b""
+
+
+def test_the_api_docs_work_offline(served):
+    status, _, page = served.request("GET", "/docs")
+    assert status == 200 and b"cdn." not in page and b"https://" not in page
+    for asset in re.findall(rb'(?:src|href)="(/[^"]+)"', page):
+        assert served.request("GET", asset.decode())[0] == 200, asset
+
+
+def test_feature_maps_for_the_page(served, test_digits):
+    body, headers = multipart(png_bytes(test_digits[0][0]))
+    status, _, data = served.request("POST", "/v1/features", body, headers)
+    assert status == 200
+    stages = json.loads(data)["stages"]
+    assert [s["name"] for s in stages] == ["layer1", "layer2", "layer3"]
+    assert [s["shape"] for s in stages] == [[32, 28, 28], [64, 14, 14], [128, 7, 7]]
+    maps = [np.array(s["maps"]) for s in stages]
+    assert [m.shape for m in maps] == [(32, 28, 28), (16, 14, 14), (16, 7, 7)]
+    for m in maps:
+        assert m.min() >= 0 and m.max() == 255
+    means = maps[1].reshape(16, -1).mean(1)  # strongest channel first
+    assert means[0] == means.max()
+    assert json.loads(served.request("GET", "/v1/model")[2])["features"] is True
 
 
 def test_a_burst_of_concurrent_requests_all_succeed(served, test_digits):
@@ -255,6 +317,10 @@ def test_serves_an_exported_onnx_model(exported, test_digits, tmp_path):
         info = json.loads(server.request("GET", "/v1/model")[2])
         assert info["runtime"] == "onnxruntime" and info["parameters"] == 1_379_557
         assert info["classes"] == [str(d) for d in range(10)]
+        assert info["features"] is False
+        body, headers = multipart(png_bytes(images[0]))
+        status, _, data = server.request("POST", "/v1/features", body, headers)
+        assert status == 501 and "run directory" in json.loads(data)["error"]
         right = sum(post_png(server, images[i])[1]["label"] == labels[i] for i in range(10))
         assert right >= 9
     finally:
@@ -269,6 +335,9 @@ def test_several_worker_processes_share_the_port(real_run, test_digits, tmp_path
             answers = list(pool.map(lambda i: post_png(server, images[i]), range(12)))
         assert all(status == 200 for status, _ in answers)
         assert sum(r["label"] == labels[i] for i, (_, r) in enumerate(answers)) >= 11
+        server.request("GET", "/healthz")
+        log = server.log.read_text()
+        assert log.count('"POST /v1/predict" 200') == 12  # every worker logs its requests
     finally:
         server.stop()
 
@@ -285,6 +354,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (["{run}", "--workers", "0"], "--workers"),
         (["{run}", "--port", "70000"], "--port"),
         (["{run}", "--max-body", "0"], "--max-body"),
+        (["{run}", "--max-body", "nan"], "--max-body"),
+        (["{run}", "--max-body", "inf"], "--max-body"),
         (["{run}", "--host", "no.such.host.invalid"], "--host"),
     ],
 )

@@ -196,9 +196,29 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", choices=DEVICES, default="cpu")
     v.set_defaults(func=cmd_serve)
 
-    s = sub.add_parser("summary", help="each layer's output shape and parameter count")
+    s = sub.add_parser("summary", help="each layer's shape, parameters, mult-adds, receptive field")
     s.add_argument("run", metavar="RUN", nargs="?", help="a trained run (default: a new model)")
+    s.add_argument("--json", action="store_true", help="the numbers as JSON")
     s.set_defaults(func=cmd_summary)
+
+    xp = sub.add_parser("explain", help="filters, feature maps and evidence for one image (HTML)")
+    xp.add_argument("run", metavar="RUN", help="run directory or a model.safetensors in one")
+    xp.add_argument("image", metavar="IMAGE", help="an image file, or - for stdin")
+    xp.add_argument("--out", required=True, metavar="DIR", help="where index.html and PNGs go")
+    xp.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to list (5)")
+    xp.add_argument("--device", choices=DEVICES, default="cpu")
+    xp.set_defaults(func=cmd_explain)
+
+    pr = sub.add_parser("probe", help="test accuracy as the test images shift or rotate")
+    pr.add_argument("run", metavar="RUN", help="run directory or a model.safetensors in one")
+    kind = pr.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--shift", action="store_true", help="-6..+6 pixels, each axis")
+    kind.add_argument("--rotate", action="store_true", help="-45..+45 degrees in steps of 5")
+    pr.add_argument("--out", metavar="DIR", help="also write the plot and the numbers here")
+    pr.add_argument("--limit", type=int, metavar="N", help="use the first N test images")
+    pr.add_argument("--data-dir", metavar="DIR", help="where the dataset is")
+    pr.add_argument("--device", choices=DEVICES, default="auto")
+    pr.set_defaults(func=cmd_probe)
     return parser
 
 
@@ -411,9 +431,11 @@ def cmd_predict(args) -> int:
 def cmd_serve(args) -> int:
     from .device import select_device
 
-    for name, low in (("port", 0), ("max_body", 0.001), ("max_pixels", 1), ("max_batch", 1)):
+    for name, low in (("port", 0), ("max_pixels", 1), ("max_batch", 1)):
         if getattr(args, name) < low:
             raise MnistCnnError(f"--{name.replace('_', '-')} must be at least {low}")
+    if not 0.001 <= args.max_body <= 1024:  # also refuses nan and inf
+        raise MnistCnnError("--max-body must be between 0.001 and 1024 MB")
     if not 0 <= args.batch_wait <= 1000:
         raise MnistCnnError("--batch-wait must be between 0 and 1000 ms")
     if args.port > 65535:
@@ -503,7 +525,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from .model import CustomCNN, format_summary
+    from .anatomy import format_anatomy, layer_table, weight_sharing
+    from .model import CustomCNN, count_parameters
 
     if args.run:
         from .checkpoint import load_run
@@ -511,5 +534,70 @@ def cmd_summary(args) -> int:
         model = load_run(args.run).model
     else:
         model = CustomCNN()
-    print(format_summary(model))
+    if args.json:
+        layers = [{**r.__dict__, "output_shape": list(r.output_shape)} for r in layer_table(model)]
+        sharing = [
+            {**s.__dict__, "input_shape": list(s.input_shape), "output_shape": list(s.output_shape)}
+            for s in weight_sharing(model)
+        ]
+        total = {"parameters": count_parameters(model),
+                 "mult_adds": sum(r["mult_adds"] for r in layers)}  # fmt: skip
+        print(json.dumps({"layers": layers, "total": total, "weight_sharing": sharing}))
+        return 0
+    print(format_anatomy(model))
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from .checkpoint import load_run
+    from .device import select_device
+    from .explain import explain
+    from .predict import expand_inputs
+    from .preprocessing import load_image, to_mnist
+
+    if args.run.endswith(".onnx"):
+        raise MnistCnnError("explain needs a run directory (its PyTorch weights), not an .onnx")
+    if args.top_k < 1:
+        raise MnistCnnError("--top-k must be at least 1")
+    if Path(args.image).is_dir():
+        raise MnistCnnError(f"{args.image}: explain takes one image, not a directory")
+    trained = load_run(args.run, device=select_device(args.device))
+    item = expand_inputs([args.image], stdin=sys.stdin)[0]
+    try:
+        gray = load_image(item.source)
+        pre = to_mnist(gray)
+    except MnistCnnError as e:
+        message = str(e)
+        raise MnistCnnError(
+            message if message.startswith(args.image) else f"{args.image}: {message}"
+        ) from None
+    name = Path(args.image).name if args.image != "-" else "stdin"
+    record = explain(trained, pre, gray, args.out, name=name, top_k=args.top_k)
+    print(f"{name}: {record['class']} ({100 * record['probability']:.1f}%)")
+    print(f"wrote {Path(args.out) / 'index.html'} and {len(record['images'])} pictures")
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from .anatomy import format_probe, probe_rotate, probe_shift
+    from .checkpoint import load_run
+    from .datasets import load_dataset
+    from .device import select_device
+
+    if args.limit is not None and args.limit < 1:
+        raise MnistCnnError("--limit must be at least 1")
+    trained = load_run(args.run, device=select_device(args.device))
+    data = load_dataset(trained.dataset, args.data_dir, progress=_progress())
+    images, labels = data.test_images, data.test_labels
+    if args.limit:
+        images, labels = images[: args.limit], labels[: args.limit]
+    images = images.reshape(len(images), 1, *images.shape[-2:])
+    probe = probe_shift if args.shift else probe_rotate
+    result = probe(trained.model, images, labels, trained.mean, trained.std)
+    print(f"{trained.run_dir}: {trained.dataset} test accuracy, {len(images):,} images")
+    print(format_probe(result))
+    if args.out:
+        from .explain import write_probe
+
+        print(f"wrote {write_probe(result, args.out)}")
     return 0

@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 from .errors import MnistCnnError
 
 DEFAULT_MAX_PIXELS = 40_000_000  # refuse larger images (decompression bombs)
+MAX_SIDE = 2048  # larger images are box-reduced to this side first (memory; same result)
 BOX = 20  # MNIST's digits fit a 20x20 box ...
 SIZE = 28  # ... centred by mass in a 28x28 field
 
@@ -84,10 +85,20 @@ def _pil_to_gray(img: Image.Image, max_pixels: int) -> np.ndarray:
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         white = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, img.convert("RGBA"))
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(img, dtype=np.float32)
+    if img.mode == "1":
+        img = img.convert("L")
+    elif img.mode.startswith("I;16"):  # 16-bit: as 32-bit integers, which reduce() takes
+        img = img.convert("I")
+    if max(img.size) > MAX_SIDE:  # far more pixels than a 20-pixel digit needs: shrink early
+        img = img.reduce(-(-max(img.size) // MAX_SIDE))
+    if img.mode in ("I", "F"):
+        a = np.asarray(img, dtype=np.float64)  # float64: float32 ranges overflow in float32
+        if not np.isfinite(a).all():
+            raise ImageError("the image holds NaN or infinite values")
         lo, hi = float(a.min()), float(a.max())
-        return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+        if not hi > lo:
+            return np.zeros(a.shape, np.float32)
+        return ((a - lo) / (hi - lo)).astype(np.float32)
     return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
 
 

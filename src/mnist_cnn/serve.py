@@ -23,14 +23,16 @@ from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .errors import MnistCnnError
-from .preprocessing import SIZE, ImageError, load_image, to_mnist
+from .preprocessing import SIZE, ImageError, Preprocessed, load_image, to_mnist
 
 log = logging.getLogger("mnist_cnn.serve")
 
@@ -39,6 +41,37 @@ DEFAULT_MAX_PIXELS = 16_000_000  # a 16-megapixel phone photo; larger uploads ar
 DEFAULT_BATCH_WAIT = 0.002  # seconds to wait for more requests while others are arriving
 DEFAULT_MAX_BATCH = 64
 INLINE_PIXELS = 128 * 128  # images this small are decoded and preprocessed on the event loop
+
+
+# What /v1/predict and /v1/features take, for the OpenAPI docs (they read the body themselves,
+# since one endpoint accepts two content types).
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "pixels": {
+                            "type": "array",
+                            "description": "28 rows of 28 values in 0..255",
+                            "items": {"type": "array", "items": {"type": "number"}},
+                        }
+                    },
+                    "required": ["pixels"],
+                }
+            },
+        },
+    }
+}
 
 
 class ApiError(Exception):
@@ -100,12 +133,27 @@ class Batcher:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task.add_done_callback(self._ended)
+
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def _ended(self, task: asyncio.Task) -> None:
+        """If the loop ever stops, no request may wait for it forever."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the model worker stopped", exc_info=task.exception())
+        while not self.queue.empty():
+            _, future = self.queue.get_nowait()
+            if not future.done():
+                future.set_exception(RuntimeError("the model worker stopped"))
 
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
 
     async def probabilities(self, image: np.ndarray) -> np.ndarray:
+        if not self.alive():
+            raise RuntimeError("the model worker stopped")
         future = asyncio.get_running_loop().create_future()
         await self.queue.put((image, future))
         return await future
@@ -124,7 +172,7 @@ class Batcher:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self.queue.get(), left))
-                except TimeoutError:
+                except (TimeoutError, asyncio.TimeoutError):  # two classes before Python 3.11
                     break
             batch = [(image, f) for image, f in batch if not f.done()]  # clients gone
             if not batch:
@@ -183,9 +231,16 @@ def parse_pixels(payload) -> np.ndarray:
     if not isinstance(payload, dict) or "pixels" not in payload:
         raise ApiError(422, 'the JSON body must be an object with "pixels": 28 rows of 28 values')
     try:
-        a = np.asarray(payload["pixels"], dtype=np.float64)
-    except (ValueError, TypeError):  # ragged rows, strings, nested objects
+        a = np.asarray(payload["pixels"])
+    except (ValueError, TypeError, OverflowError, RecursionError):  # ragged rows, huge ints
         a = None
+    if a is not None and a.dtype.kind not in "iuf":  # strings, booleans, objects
+        a = None
+    if a is not None:
+        try:
+            a = a.astype(np.float64)
+        except OverflowError:
+            a = None
     if a is None or a.shape != (SIZE, SIZE):
         raise ApiError(422, f'"pixels" must be {SIZE} rows of {SIZE} numbers')
     if not np.isfinite(a).all() or a.min() < 0 or a.max() > 255:
@@ -211,13 +266,23 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
         await batcher.stop()
         workers.shutdown(wait=False)
 
-    app = FastAPI(
+    app = FastAPIOffline(  # FastAPI, with /docs served from the package: no CDN
         title="mnist-cnn",
         summary=f"CustomCNN trained on {info.dataset}: draw or upload a digit, get its class",
         version=_version(),
         lifespan=lifespan,
     )
     app.state.batcher = batcher
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request, exc):  # nobody is listening; the log says 499, as nginx does
+        request.state.result = "client disconnected"
+        return Response(status_code=499)
+
+    @app.exception_handler(Exception)
+    async def failure(request, exc: Exception):  # a bug: logged with its traceback, answered
+        log.error("error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, 500)
 
     @app.exception_handler(ApiError)
     async def api_error(request, exc: ApiError):
@@ -236,50 +301,45 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))  # fmt: skip
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page():
         return FileResponse(str(static / "index.html"), media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
-    @app.get("/healthz")
-    async def healthz() -> dict:
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
+    async def healthz():
+        if not batcher.alive():
+            return JSONResponse({"status": "model worker stopped"}, status_code=503)
         return {"status": "ok"}
 
-    @app.get("/v1/model")
-    async def model() -> dict:
-        return {**info.__dict__, "max_body_bytes": max_body, "max_pixels": max_pixels}
+    features = info.runtime == "pytorch"  # an .onnx file exposes only its output
 
-    @app.post(
-        "/v1/predict",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {"file": {"type": "string", "format": "binary"}},
-                            "required": ["file"],
-                        }
-                    },
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "pixels": {
-                                    "type": "array",
-                                    "description": "28 rows of 28 values in 0..255",
-                                    "items": {"type": "array", "items": {"type": "number"}},
-                                }
-                            },
-                            "required": ["pixels"],
-                        }
-                    },
-                },
-            }
-        },
-    )
+    @app.api_route("/v1/model", methods=["GET", "HEAD"])
+    async def model() -> dict:
+        return {**info.__dict__, "max_body_bytes": max_body, "max_pixels": max_pixels,
+                "features": features}  # fmt: skip
+
+    @app.post("/v1/features", openapi_extra=PREDICT_BODY)
+    async def feature_maps(request: Request):
+        """The image's feature maps after each block's ReLU, for the drawing page's panel.
+
+        Same input as ``/v1/predict``. Layer1's 32 maps, then the 16 most active of layer2 and
+        of layer3, each stage scaled to 0..255. Only for a run directory (PyTorch).
+        """
+        if not features:
+            raise ApiError(501, "feature maps need a run directory (PyTorch), not an .onnx")
+        import torch
+
+        from .anatomy import feature_panel
+
+        name, pre = await _read_input(request)
+        net = predictor.model
+        device = next(net.model.parameters()).device
+        x = torch.from_numpy((pre.image[None, None] - net.mean) / net.std).float().to(device)
+        return JSONResponse({"file": name, "stages": feature_panel(net.model, x)})
+
+    @app.post("/v1/predict", openapi_extra=PREDICT_BODY)
     async def predict(
         request: Request,
         top_k: int = Query(3, ge=1, le=len(info.classes), description="classes to return"),
@@ -290,13 +350,19 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
         Answers with the record ``mnist-cnn predict --json`` prints: label, class, probability,
         top_k (and ``image``, 28 rows of 28 values, when asked).
         """
-        batcher.pending += 1
+        counted = False
+
+        def arrived():  # the body is in: this request will want the model soon
+            nonlocal counted
+            batcher.pending += 1
+            counted = True
+
         try:
-            name, gray = await _read_input(request)
-            pre = await offload(_to_mnist, gray, small=gray.size <= INLINE_PIXELS)
+            name, pre = await _read_input(request, arrived)
             probs = await batcher.probabilities(pre.image)
         finally:
-            batcher.pending -= 1
+            if counted:
+                batcher.pending -= 1
         record = predictor.record(name, probs, top_k)
         if image:
             record["image"] = pre.to_uint8().tolist()
@@ -310,27 +376,38 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(workers, fn, *args)
 
-    async def _read_input(request: Request) -> tuple[str | None, np.ndarray]:
+    async def _read_input(request: Request, arrived=lambda: None):
+        """The request's image, preprocessed: (its file name or None, Preprocessed).
+
+        ``arrived()`` is called once the body has been received, before preprocessing."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
             try:
                 form = await request.form(max_files=1, max_fields=10, max_part_size=max_body)
+            except ClientDisconnect:
+                raise
             except Exception as e:  # malformed multipart, too many parts
                 raise ApiError(422, f"malformed multipart body ({_detail(e)})") from None
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
                 raise ApiError(422, 'send the image as the multipart field "file"')
             data = await upload.read()
+            arrived()
             width, height = image_size(data)
             small = width * height <= INLINE_PIXELS
-            gray = await offload(decode_upload, data, max_pixels, small=small)
-            return upload.filename, gray
+            # decoded and preprocessed in one go: a queued large upload holds only its bytes
+            pre = await offload(_decode_and_preprocess, data, max_pixels, small=small)
+            return upload.filename, pre
         if kind == "application/json" or kind.endswith("+json"):
+            body = await request.body()
+            arrived()
             try:
-                payload = json.loads(await request.body())
+                payload = json.loads(body)
             except (ValueError, UnicodeDecodeError) as e:
                 raise ApiError(422, f"malformed JSON ({e})") from None
-            return None, parse_pixels(payload)
+            except RecursionError:
+                raise ApiError(422, "malformed JSON (nested too deeply)") from None
+            return None, _to_mnist(parse_pixels(payload))
         raise ApiError(
             415,
             'send an image as multipart/form-data field "file", or JSON {"pixels": [[...]]}'
@@ -340,7 +417,11 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
     return Guard(app, max_body)
 
 
-def _to_mnist(gray: np.ndarray):
+def _decode_and_preprocess(data: bytes, max_pixels: int) -> Preprocessed:
+    return _to_mnist(decode_upload(data, max_pixels))
+
+
+def _to_mnist(gray: np.ndarray) -> Preprocessed:
     try:
         return to_mnist(gray)
     except ImageError as e:
@@ -460,6 +541,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(message)s")
+
+
 def load_predictor(run: str, device: str = "cpu", threads: int | None = None):
     """The Predictor for a run directory (PyTorch) or an exported .onnx (ONNX Runtime)."""
     from .predict import Predictor
@@ -480,6 +565,7 @@ _SPEC = "MNIST_CNN_SERVE_SPEC"  # how worker processes learn what to serve
 
 def app_from_environment():
     """The app factory each worker process of ``serve(..., workers=N)`` calls."""
+    _configure_logging()  # a fresh process: the parent's logging setup is not inherited
     spec = json.loads(os.environ[_SPEC])
     predictor = load_predictor(spec["run"], spec["device"], spec["threads"])
     return create_app(predictor, **spec["options"])
@@ -495,7 +581,7 @@ def serve(run: str, *, host: str = "127.0.0.1", port: int = 8000, workers: int =
     """
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    _configure_logging()
     if workers > 1 and threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers)
     predictor = load_predictor(run, device, threads)  # fails here, once, if RUN is unusable

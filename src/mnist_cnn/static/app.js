@@ -16,6 +16,16 @@ const badge = document.getElementById("badge"); // the answer on the pad itself,
 const INK_WIDTH = 0.075; // of the canvas side: about MNIST's stroke once the digit fills 20 of 28 pixels
 const DEBOUNCE_MS = 120;
 let classes = [];
+let work = 0; // debounce timers, PNG encodings and requests not finished yet
+let timerSet = false;
+function busy(change) {
+  work += change;
+  document.body.dataset.busy = work; // lets tests wait for answers instead of guessing
+}
+let featureSequence = 0;
+let hasFeatures = false;
+const inside = document.getElementById("inside");
+const stagesEl = document.getElementById("stages");
 let strokes = []; // each a list of [x, y] in canvas pixels
 let current = null;
 let timer = null;
@@ -25,6 +35,7 @@ const DATASET_NAMES = { mnist: "MNIST", "fashion-mnist": "Fashion-MNIST", kmnist
 
 function setup(model) {
   classes = model.classes;
+  hasFeatures = Boolean(model.features);
   const dataset = DATASET_NAMES[model.dataset] || model.dataset;
   const acc = model.test_accuracy == null ? "" : `, ${(100 * model.test_accuracy).toFixed(2)}% on its test set`;
   document.getElementById("model-line").textContent =
@@ -72,8 +83,11 @@ function point(e) {
   return [(e.clientX - r.left) * pad.width / r.width, (e.clientY - r.top) * pad.height / r.height];
 }
 
+let activePointer = null; // one finger or pen draws; a second touch is ignored
 pad.addEventListener("pointerdown", (e) => {
   if (e.button !== 0 && e.pointerType === "mouse") return;
+  if (activePointer !== null) return;
+  activePointer = e.pointerId;
   e.preventDefault();
   pad.setPointerCapture(e.pointerId);
   current = [point(e)];
@@ -82,16 +96,17 @@ pad.addEventListener("pointerdown", (e) => {
   schedule();
 });
 pad.addEventListener("pointermove", (e) => {
-  if (!current) return;
+  if (!current || e.pointerId !== activePointer) return;
   e.preventDefault();
   const events = e.getCoalescedEvents ? e.getCoalescedEvents() : [e];
   for (const ev of events.length ? events : [e]) current.push(point(ev));
   redraw();
   schedule();
 });
-function endStroke() {
-  if (!current) return;
+function endStroke(e) {
+  if (!current || e.pointerId !== activePointer) return;
   current = null;
+  activePointer = null;
   predictNow();
 }
 pad.addEventListener("pointerup", endStroke);
@@ -99,17 +114,77 @@ pad.addEventListener("pointercancel", endStroke);
 
 function schedule() {
   clearTimeout(timer);
+  if (!timerSet) { timerSet = true; busy(1); }
   timer = setTimeout(predictNow, DEBOUNCE_MS);
 }
 
 function predictNow() {
   clearTimeout(timer);
+  if (timerSet) { timerSet = false; busy(-1); }
   if (!strokes.length) return;
-  pad.toBlob((blob) => send(blob, "drawing.png"), "image/png");
+  // Numbered now, not when the PNG is ready: a Clear or Undo while it encodes must win.
+  const id = ++sequence;
+  const fid = ++featureSequence;
+  busy(1);
+  pad.toBlob((blob) => {
+    if (id === sequence) {
+      send(blob, "drawing.png", id);
+      sendFeatures(blob, fid);
+    }
+    busy(-1);
+  }, "image/png");
 }
 
-async function send(blob, name) {
-  const id = ++sequence;
+// A dark-to-bright colour ramp (black, purple, orange, pale yellow) for activations 0..255.
+const RAMP = [[0, 0, 0], [80, 18, 123], [182, 54, 121], [251, 136, 97], [252, 253, 191]];
+const LUT = Array.from({ length: 256 }, (_, v) => {
+  const t = v / 255 * (RAMP.length - 1), i = Math.min(Math.floor(t), RAMP.length - 2), f = t - i;
+  return RAMP[i].map((c, k) => Math.round(c + (RAMP[i + 1][k] - c) * f));
+});
+
+async function sendFeatures(blob, id = ++featureSequence) {
+  if (!hasFeatures || id !== featureSequence) return;
+  const form = new FormData();
+  form.append("file", blob, "drawing.png");
+  try {
+    const response = await fetch("/v1/features", { method: "POST", body: form });
+    if (!response.ok || id !== featureSequence) return;
+    showFeatures((await response.json()).stages);
+  } catch (err) { /* the answer itself already reports errors */ }
+}
+
+function showFeatures(stages) {
+  inside.hidden = false;
+  stages.forEach((stage, s) => {
+    let box = stagesEl.children[s];
+    if (!box) {
+      box = document.createElement("div");
+      box.className = "stage";
+      box.innerHTML = "<h3></h3><div class=maps></div>";
+      stagesEl.appendChild(box);
+    }
+    const [total, h, w] = stage.shape;
+    box.querySelector("h3").textContent =
+      `${stage.name}: ${stage.channels.length === total ? "all " + total : stage.channels.length + " most active of " + total} maps, ${h}×${w}`;
+    const grid = box.querySelector(".maps");
+    stage.maps.forEach((map, m) => {
+      let canvas = grid.children[m];
+      if (!canvas) {
+        canvas = document.createElement("canvas");
+        grid.appendChild(canvas);
+      }
+      canvas.width = w; canvas.height = h;
+      canvas.title = `channel ${stage.channels[m]}`;
+      const g = canvas.getContext("2d");
+      const data = g.createImageData(w, h);
+      map.flat().forEach((v, i) => data.data.set([...LUT[v], 255], 4 * i));
+      g.putImageData(data, 0, 0);
+    });
+  });
+}
+
+async function send(blob, name, id = ++sequence) {
+  busy(1);
   const form = new FormData();
   form.append("file", blob, name);
   try {
@@ -120,7 +195,10 @@ async function send(blob, name) {
     show(body);
   } catch (err) {
     if (id !== sequence) return;
+    reset(false); // no answer on screen that is not for what is on the pad
     errorEl.textContent = String(err.message || err);
+  } finally {
+    busy(-1);
   }
 }
 
@@ -148,8 +226,8 @@ function show(record) {
   document.body.dataset.predicted = record.class; // for tests and screen readers' sake
 }
 
-function reset() {
-  sequence++;
+function reset(cancel = true) {
+  if (cancel) sequence++;
   labelEl.textContent = "?";
   labelEl.classList.remove("long");
   verdictEl.textContent = "Draw a digit";
@@ -162,6 +240,8 @@ function reset() {
     li.querySelector(".pct").textContent = "–";
   });
   seenCtx.clearRect(0, 0, 28, 28);
+  featureSequence++;
+  stagesEl.querySelectorAll("canvas").forEach((c) => c.getContext("2d").clearRect(0, 0, c.width, c.height));
   delete document.body.dataset.predicted;
 }
 
@@ -190,9 +270,16 @@ document.getElementById("upload").addEventListener("change", (e) => {
     ctx.drawImage(img, (pad.width - img.width * s) / 2, (pad.height - img.height * s) / 2, img.width * s, img.height * s);
     URL.revokeObjectURL(img.src);
   };
+  img.onerror = () => { // the browser cannot show it (TIFF...): the server may still read it
+    URL.revokeObjectURL(img.src);
+    ctx.fillStyle = "#888";
+    ctx.font = "16px system-ui, sans-serif";
+    ctx.fillText(`${file.name}: no preview`, 12, 28);
+  };
   img.src = URL.createObjectURL(file);
   hint.classList.add("gone");
   send(file, file.name);
+  sendFeatures(file);
   e.target.value = "";
 });
 document.addEventListener("keydown", (e) => {
@@ -201,6 +288,7 @@ document.addEventListener("keydown", (e) => {
 });
 
 redraw();
+busy(0);
 fetch("/v1/model").then((r) => r.json()).then(setup).catch((err) => {
   errorEl.textContent = `cannot reach the model (${err.message})`;
 });
