@@ -132,7 +132,7 @@ def test_summary(capsys, run_dir):
     assert main(["summary"]) == 0
     assert "1,379,557" in capsys.readouterr().out
     assert main(["summary", str(run_dir)]) == 0
-    assert "(?, 625) -> (?, 10)" in capsys.readouterr().out
+    assert "Linear 625->10" in capsys.readouterr().out
 
 
 def test_data_list(tiny_data, capsys):

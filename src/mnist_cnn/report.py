@@ -44,14 +44,7 @@ def write_report(
     out_dir, *, images, labels, probs, classes, history, title: str, subtitle: str = ""
 ) -> Path:
     """Write DIR/report.html (images embedded) and DIR/<plot>.png; returns the HTML's path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MnistCnnError(f"--report {out}: {e.strerror}") from None
+    out = prepare_output(out_dir, "--report")
     images, labels, probs = np.asarray(images), np.asarray(labels), np.asarray(probs)
     pred = probs.argmax(axis=1)
     n = len(classes)
@@ -76,6 +69,19 @@ def write_report(
                **{k: v.tolist() for k, v in scores.items()}}  # fmt: skip
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return path
+
+
+def prepare_output(out_dir, option: str) -> Path:
+    """The folder for a set of plots, created; matplotlib set to draw without a screen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MnistCnnError(f"{option} {out}: {e.strerror}") from None
+    return out
 
 
 def _png(fig) -> bytes:
