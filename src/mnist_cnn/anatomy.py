@@ -303,7 +303,8 @@ def feature_panel(model: CustomCNN, x: torch.Tensor, deep_channels: int = 16) ->
     """What the drawing page shows inside the network: each block's maps after ReLU, as 0..255.
 
     All channels of layer1, the ``deep_channels`` most active of layer2 and layer3, strongest
-    first; each stage scaled by its own maximum so that weak and strong stages are both visible.
+    first; each stage scaled by its own maximum (then a square root, as a display gamma), so
+    that weak and strong stages are both visible.
     """
     panel = []
     for stage in feature_maps(model, x):
@@ -313,7 +314,8 @@ def feature_panel(model: CustomCNN, x: torch.Tensor, deep_channels: int = 16) ->
         count = len(maps) if stage.name == "layer1.relu" else deep_channels
         channels = strongest_channels(maps, count)
         top = float(maps.max())
-        scaled = maps[channels] / top * 255 if top > 0 else np.zeros_like(maps[channels])
+        # square root: weak activations stay visible next to the strongest (a display gamma)
+        scaled = np.sqrt(maps[channels] / top) * 255 if top > 0 else np.zeros_like(maps[channels])
         panel.append({
             "name": stage.name.split(".")[0],
             "shape": list(maps.shape),
