@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from servers import Server, multipart, png_bytes
 
@@ -274,7 +275,7 @@ def test_the_api_docs_work_offline(served):
         assert served.request("GET", asset.decode())[0] == 200, asset
 
 
-def test_feature_maps_for_the_page(served, test_digits):
+def test_feature_maps_for_the_page(served, real_run, test_digits):
     body, headers = multipart(png_bytes(test_digits[0][0]))
     status, _, data = served.request("POST", "/v1/features", body, headers)
     assert status == 200
@@ -285,8 +286,14 @@ def test_feature_maps_for_the_page(served, test_digits):
     assert [m.shape for m in maps] == [(32, 28, 28), (16, 14, 14), (16, 7, 7)]
     for m in maps:
         assert m.min() >= 0 and m.max() == 255
-    means = maps[1].reshape(16, -1).mean(1)  # strongest channel first
-    assert means[0] == means.max()
+    # the same channels, in the same order, as the library picks for this image
+    from mnist_cnn.anatomy import feature_maps, strongest_channels
+    from mnist_cnn.preprocessing import to_mnist
+
+    pre = to_mnist(test_digits[0][0] / 255.0)
+    x = torch.from_numpy((pre.image[None, None] - 0.1307) / 0.3081).float()
+    relu = {s.name: s.maps for s in feature_maps(real_run.model.cpu(), x)}["layer2.relu"]
+    assert stages[1]["channels"] == strongest_channels(relu, 16).tolist()
     assert json.loads(served.request("GET", "/v1/model")[2])["features"] is True
 
 
