@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
@@ -97,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="hold out N training images as a validation split (default 0)",
     )
+    t.add_argument("--dropout", type=float, metavar="P",
+                   help="dropout of layer4's units (default 0.5, as in the seed)")  # fmt: skip
+    t.add_argument("--dist-backend", choices=("auto", "gloo", "nccl"), default="auto",
+                   help="under torchrun: gloo (CPU) or nccl (CUDA); auto picks")  # fmt: skip
+    t.add_argument("--dist-timeout", type=float, default=300, metavar="S",
+                   help="under torchrun: seconds to wait for a missing process (300)")  # fmt: skip
     t.add_argument("--eval-batch-size", type=int, help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train)
 
@@ -267,9 +274,10 @@ def cmd_train(args) -> int:
         config = replace(saved, **{n: v for n, v in given.items() if n in RESUMABLE})
     else:
         config = TrainConfig.from_recipe(**given)
-    result = train(config, resume=args.resume, log=_log, progress=_progress())
+    result = train(config, resume=args.resume, log=_log, progress=_progress(),
+                   dist_backend=args.dist_backend, dist_timeout=args.dist_timeout)  # fmt: skip
     final = result.final
-    if final:
+    if final and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
         print(
             f"test accuracy {100 * final['test_accuracy']:.2f}% after {final['epoch']} epochs; "
             f"run saved in {result.run_dir}"

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .augment import random_affine
 from .checkpoint import (
     CONFIG_FILE,
@@ -33,7 +34,7 @@ from .checkpoint import (
 from .datasets import Dataset, load_dataset
 from .device import configure_determinism, seed_everything, select_device
 from .errors import MnistCnnError
-from .evaluation import EvalResult, evaluate
+from .evaluation import evaluate
 from .files import atomic_write_json, remove_stale_temp_files
 from .model import ARCHITECTURE, CustomCNN, ModelConfig, count_parameters
 from .recipes import PRECISIONS, RECIPES, SCHEDULES
@@ -62,6 +63,7 @@ class TrainConfig:
     limit_train: int | None = None  # train on the first N training images only
     val_size: int = 0  # hold out this many training images (seeded) as a validation split
     eval_batch_size: int = 1000
+    dropout: float = 0.5  # of layer4's units, as in the seed; 0 turns it off
 
     @classmethod
     def from_recipe(cls, recipe: str = "reference", **overrides) -> TrainConfig:
@@ -84,6 +86,8 @@ class TrainConfig:
             raise MnistCnnError("--val-size must not be negative")
         if not 0 <= self.label_smoothing < 1:
             raise MnistCnnError("--label-smoothing must be in [0, 1)")
+        if not 0 <= self.dropout < 1:
+            raise MnistCnnError("--dropout must be in [0, 1)")
         for name, allowed in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise MnistCnnError(f"--{name} must be one of {', '.join(allowed)}")
@@ -214,11 +218,15 @@ def train(
     resume: str | Path | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = False,
+    dist_backend: str = "auto",
+    dist_timeout: float = distributed.DEFAULT_TIMEOUT,
 ) -> TrainResult:
     """Train CustomCNN as ``config`` says, or continue the run in ``resume`` from its last epoch.
 
     When resuming, ``config`` (if given) replaces the saved settings; pass the saved ones with
     only ``epochs``/``device``/``data_dir`` changed. ``log`` receives one line per event.
+    Launched by ``torchrun`` with several processes, it trains with DistributedDataParallel
+    (``dist_backend``: gloo on CPU, NCCL on CUDA); only rank 0 logs and writes the run.
     """
     log = log or (lambda line: None)
     saved = None
@@ -228,12 +236,26 @@ def train(
     config = config or TrainConfig()
     config.validate()
     device = select_device(config.device)
+    ranks = None
+    if distributed.launched():
+        distributed.check_batch(config.batch_size)
+        ranks, device = distributed.start(device, dist_backend, dist_timeout)
+        if not ranks.main:
+            log, progress = (lambda line: None), False
+    try:
+        return _train(config, resume, saved, device, ranks, log, progress)
+    finally:
+        distributed.stop()
+
+
+def _train(config, resume, saved, device, ranks, log, progress) -> TrainResult:
     configure_determinism(config.deterministic, device)
     data = load_dataset(config.dataset, config.data_dir, progress=progress)
     splits = _make_splits(data, config, device)
 
-    seed_everything(config.seed)
-    model = CustomCNN(ModelConfig(num_classes=data.info.num_classes)).to(device)
+    seed_everything(config.seed)  # the same initial weights on every rank
+    model_config = ModelConfig(num_classes=data.info.num_classes, dropout=config.dropout)
+    model = CustomCNN(model_config).to(device)
     if device.type in ("cpu", "cuda"):
         model = model.to(memory_format=torch.channels_last)  # NHWC convolutions: faster on both
     optimizer = torch.optim.Adam(
@@ -247,25 +269,43 @@ def train(
                 f"--epochs cannot change on resume: the {config.schedule} schedule of {resume} "
                 f"was planned for {planned} epochs"
             )
+    if ranks is not None:  # dropout and augmentation differ between ranks, as they should
+        torch.manual_seed(config.seed + 1_000_003 * (ranks.rank + 1))
     if resume is None:
-        run_dir, started, history = _new_run_dir(config), _now(), []
-        # config.json first: a run killed in its first epoch can still be resumed
-        first = _run_config(config, data, splits, model, device, [], started)
-        atomic_write_json(run_dir / CONFIG_FILE, first)
+        run_dir, started, history = None, _now(), []
+        if ranks is None or ranks.main:
+            run_dir = _new_run_dir(config)
+            # config.json first: a run killed in its first epoch can still be resumed
+            first = _run_config(config, data, splits, model, device, [], started)
+            atomic_write_json(run_dir / CONFIG_FILE, first)
+        if ranks is not None:
+            run_dir = distributed.gather(run_dir)[0]  # rank 0's, for every rank
     else:
         run_dir, started = Path(resume), saved.get("created") or _now()
-        history = _restore(run_dir, model, optimizer, scheduler, device)
+        history = _restore(run_dir, model, optimizer, scheduler, device, ranks)
     log(
         f"training {ARCHITECTURE} on {data.info.name}: {len(splits.train_x):,} train / "
         f"{len(splits.test[0]):,} test images from {data.source}, on {device}; "
         f"run directory {run_dir}"
     )
+    if ranks is not None:
+        per = config.batch_size // ranks.world_size
+        log(f"distributed: {ranks.world_size} processes ({ranks.backend}), a global batch of "
+            f"{config.batch_size} = {per} images per process per step")  # fmt: skip
     if len(history) >= config.epochs:
         log(f"{run_dir} has already completed {len(history)} of {config.epochs} epochs")
-    step_model = torch.compile(model) if config.compile else model  # shares the weights
+    step_model = model
+    if ranks is not None:  # averages gradients across ranks; the weights stay ``model``'s
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        step_model = DistributedDataParallel(model, device_ids=ids)
+    if config.compile:
+        step_model = torch.compile(step_model)  # shares the weights
     for epoch in range(len(history), config.epochs):
-        record = _train_epoch(step_model, optimizer, scheduler, splits, config, epoch, progress)
-        record.update(_eval_record(model, splits, data, config))
+        record = _train_epoch(step_model, optimizer, scheduler, splits, config, epoch, progress,
+                              ranks)  # fmt: skip
+        record.update(_eval_record(model, splits, data, config, ranks))
         history.append(record)
         state = {
             "epoch": epoch + 1,
@@ -274,8 +314,12 @@ def train(
             "scheduler": scheduler.state_dict() if scheduler else None,
             "rng": _rng_state(device),
         }
-        run_config = _run_config(config, data, splits, model, device, history, started)
-        write_checkpoint(run_dir, config=run_config, history=history, model=model, state=state)
+        if ranks is not None:  # every rank's random state, so a resumed run goes on as each was
+            state["rng_ranks"] = distributed.gather(state["rng"])
+        if ranks is None or ranks.main:
+            run_config = _run_config(config, data, splits, model, device, history, started)
+            write_checkpoint(run_dir, config=run_config, history=history, model=model,
+                             state=state)  # fmt: skip
         log(format_epoch(record, config.epochs))
     return TrainResult(run_dir=run_dir, model=model, history=history)
 
@@ -307,9 +351,10 @@ def _make_scheduler(optimizer, config: TrainConfig, n: int):
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps)
 
 
-def _restore(run_dir: Path, model, optimizer, scheduler, device) -> list[dict]:
+def _restore(run_dir: Path, model, optimizer, scheduler, device, ranks=None) -> list[dict]:
     """Load a run's last complete epoch into ``model`` and ``optimizer``; returns its history."""
-    remove_stale_temp_files(run_dir)  # from a write the crash interrupted
+    if ranks is None or ranks.main:
+        remove_stale_temp_files(run_dir)  # from a write the crash interrupted
     state = load_state(run_dir)
     if state is None:
         return []  # killed during its first epoch: start it again
@@ -327,7 +372,10 @@ def _restore(run_dir: Path, model, optimizer, scheduler, device) -> list[dict]:
         if not state.get("scheduler"):
             raise MnistCnnError(f"{path}: has no learning-rate schedule state to resume")
         scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"], device)
+    rng = state["rng"]
+    if ranks is not None and len(state.get("rng_ranks") or []) == ranks.world_size:
+        rng = state["rng_ranks"][ranks.rank]  # each rank's own, when the world is the same
+    _set_rng_state(rng, device)
     history = read_metrics(run_dir)[: state["epoch"]]
     if len(history) != state["epoch"]:
         raise MnistCnnError(
@@ -337,7 +385,7 @@ def _restore(run_dir: Path, model, optimizer, scheduler, device) -> list[dict]:
 
 
 def _train_epoch(
-    model, optimizer, scheduler, splits: _Splits, config: TrainConfig, epoch, progress
+    model, optimizer, scheduler, splits: _Splits, config: TrainConfig, epoch, progress, ranks=None
 ) -> dict:
     from tqdm import tqdm
 
@@ -355,25 +403,37 @@ def _train_epoch(
     start = time.perf_counter()
     for step in range(steps):
         idx = order[step * bs : (step + 1) * bs]
+        size = len(idx)  # the global batch; this rank trains on its own slice of it
+        if ranks is not None:
+            idx = ranks.shard(idx)
         x = splits.train_x[idx].float() / 255  # (B, 1, 28, 28) in 0..1
         if config.augment:
             x = random_affine(x)
         x = ((x - splits.mean) / splits.std).contiguous(memory_format=torch.channels_last)
         with autocast:
             logits = model(x)
-        loss = F.cross_entropy(
-            logits.float(), splits.train_y[idx], label_smoothing=config.label_smoothing
-        )
+        if ranks is None:
+            loss = F.cross_entropy(
+                logits.float(), splits.train_y[idx], label_smoothing=config.label_smoothing
+            )
+        else:  # DDP averages over ranks: scaled so the average is the global batch's mean
+            loss = F.cross_entropy(logits.float(), splits.train_y[idx], reduction="sum",
+                                   label_smoothing=config.label_smoothing)  # fmt: skip
+            loss = loss * (ranks.world_size / size)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        total_loss += loss.detach().double() * len(idx)
+        total_loss += loss.detach().double() * (
+            len(idx) if ranks is None else size / ranks.world_size
+        )
         if progress and (step % 20 == 0 or step == steps - 1):
             rate = (step + 1) * bs / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:,.0f}", refresh=False)
         bar.update(1)
+    if ranks is not None:
+        total_loss = torch.tensor(distributed.all_sum([float(total_loss)], device)[0])
     train_loss = float(total_loss) / n  # synchronizes the device before the clock stops
     seconds = time.perf_counter() - start
     bar.close()
@@ -385,19 +445,32 @@ def _train_epoch(
     }
 
 
-def _eval_record(model, splits: _Splits, data: Dataset, config: TrainConfig) -> dict:
-    def run(images, labels) -> EvalResult:
-        return evaluate(
+def _eval_record(model, splits: _Splits, data: Dataset, config: TrainConfig, ranks=None) -> dict:
+    """Test (and validation) accuracy and loss; with several ranks each evaluates its own
+    slice and the sums are reduced, so every rank gets the whole set's figures."""
+
+    def run(images, labels) -> tuple[float, float]:
+        if ranks is not None:
+            rows = ranks.shard(torch.arange(len(images), device=images.device))
+            images, labels = images[rows], labels[rows]
+        result = evaluate(
             model, images, labels, mean=data.info.mean, std=data.info.std,
             num_classes=data.info.num_classes, batch_size=config.eval_batch_size,
-        )  # fmt: skip
+        ) if len(images) else None  # fmt: skip
+        if ranks is None:
+            return result.accuracy, result.loss
+        count = len(images)
+        right, loss, total = distributed.all_sum(
+            [result.accuracy * count if result else 0.0, result.loss * count if result else 0.0,
+             float(count)], splits.train_x.device)  # fmt: skip
+        return right / total, loss / total
 
     record = {}
     if splits.val is not None:
-        val = run(*splits.val)
-        record.update(val_loss=val.loss, val_accuracy=val.accuracy)
-    test = run(*splits.test)
-    record.update(test_loss=test.loss, test_accuracy=test.accuracy)
+        accuracy, loss = run(*splits.val)
+        record.update(val_loss=loss, val_accuracy=accuracy)
+    accuracy, loss = run(*splits.test)
+    record.update(test_loss=loss, test_accuracy=accuracy)
     return record
 
 
