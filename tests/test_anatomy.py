@@ -42,7 +42,9 @@ def test_summary_numbers_are_the_models_own():
     assert 2 * sum(r.mult_adds for r in rows) == counter.get_total_flops()
 
 
-@pytest.mark.parametrize("layer", ["layer1.conv", "layer1.pool", "layer2.pool", "layer3.conv"])
+@pytest.mark.parametrize(
+    "layer", ["layer1.conv", "layer1.pool", "layer2.pool", "layer3.conv", "layer3.pool"]
+)
 def test_receptive_fields_match_the_gradient_footprint(layer):
     """The input pixels that can move one output value span exactly the stated field."""
     model = CustomCNN(ModelConfig(image_size=64)).eval()  # room, so borders do not cut it
@@ -69,6 +71,7 @@ def test_weight_sharing_against_real_dense_layers():
     rows = {r.name: r for r in weight_sharing(CustomCNN())}
     r1, r3 = rows["layer1.conv"], rows["layer3.conv"]
     assert r1.conv_parameters == 320 and r3.conv_parameters == 73_856
+    assert r1.local_parameters == 320 * 28 * 28  # its own 3x3 weights at each position
     for r in (r1, r3):  # layer2's dense twin (79 M weights) is left out to spare memory
         dense = torch.nn.Linear(int(np.prod(r.input_shape)), int(np.prod(r.output_shape)))
         assert r.dense_parameters == count_parameters(dense)
@@ -79,7 +82,7 @@ def test_summary_command(capsys, real_run):
     assert main(["summary", str(real_run.run_dir)]) == 0
     text = capsys.readouterr().out
     assert "1,379,557" in text and "8,737,386" in text and "receptive field" in text
-    assert "Weight sharing" in text and "22x22" in text
+    assert "Weight sharing" in text and "22x22" in text and "250,880" in text
     assert main(["summary", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["total"]["parameters"] == 1_379_557

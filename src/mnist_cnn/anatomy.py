@@ -38,7 +38,8 @@ class SharingRow:
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     conv_parameters: int
-    dense_parameters: int
+    local_parameters: int  # the same 3x3 windows, but its own weights at every position
+    dense_parameters: int  # every input connected to every output
 
     @property
     def ratio(self) -> float:
@@ -77,7 +78,8 @@ def layer_table(model: CustomCNN) -> list[LayerRow]:
     outputs) grow as r += (k - 1) * j and j *= stride through every conv and pool layer.
     """
     c = model.config
-    x = torch.zeros(1, c.in_channels, c.image_size, c.image_size)
+    device = next(model.parameters()).device
+    x = torch.zeros(1, c.in_channels, c.image_size, c.image_size, device=device)
     rows, field, jump = [], 1, 1
     was_training = model.training
     model.eval()
@@ -114,14 +116,17 @@ def weight_sharing(model: CustomCNN) -> list[SharingRow]:
     """Each conv layer's parameters against a dense layer mapping its input to its output."""
     rows = []
     c = model.config
-    x = torch.zeros(1, c.in_channels, c.image_size, c.image_size)
+    device = next(model.parameters()).device
+    x = torch.zeros(1, c.in_channels, c.image_size, c.image_size, device=device)
     with torch.no_grad():
         for b, block in enumerate((model.layer1, model.layer2, model.layer3), start=1):
             conv = block[0]
             y = conv(x)
             n_in, n_out = x[0].numel(), y[0].numel()
+            positions = y.shape[-2] * y.shape[-1]
             rows.append(SharingRow(f"layer{b}.conv", tuple(x.shape[1:]), tuple(y.shape[1:]),
-                                   count_parameters(conv), n_in * n_out + n_out))  # fmt: skip
+                                   count_parameters(conv), count_parameters(conv) * positions,
+                                   n_in * n_out + n_out))  # fmt: skip
             x = block(x)
     return rows
 
@@ -146,17 +151,17 @@ def format_anatomy(model: CustomCNN) -> str:
     total_macs = sum(r.mult_adds for r in rows)
     lines.append("-" * len(head))
     lines.append(f"{'total':<15}{'':<38}{'':<16}{total_params:>11,}{total_macs:>13,}")
-    lines += ["", "Weight sharing: each conv layer against a fully connected layer with the same "
-              "input and output sizes", ""]  # fmt: skip
-    lines.append(f"{'layer':<15}{'input -> output':<32}{'conv params':>13}{'dense params':>16}"
-                 f"{'dense / conv':>14}")  # fmt: skip
+    lines += ["", "Weight sharing and local receptive fields: each conv layer against layers with "
+              "the same input and output sizes", ""]  # fmt: skip
+    lines.append(f"{'layer':<15}{'input -> output':<32}{'conv':>9}{'no sharing':>13}"
+                 f"{'dense':>13}")  # fmt: skip
     for s in weight_sharing(model):
         io = f"{_shape(s.input_shape)} -> {_shape(s.output_shape)}"
-        lines.append(f"{s.name:<15}{io:<32}{s.conv_parameters:>13,}{s.dense_parameters:>16,}"
-                     f"{s.ratio:>13,.0f}x")  # fmt: skip
-    lines += ["", "A conv layer uses the same small filters at every position (weight sharing), "
-              "and each output sees only", "its receptive field (local receptive fields); a "
-              "dense layer has a weight for every input-output pair."]  # fmt: skip
+        lines.append(f"{s.name:<15}{io:<32}{s.conv_parameters:>9,}{s.local_parameters:>13,}"
+                     f"{s.dense_parameters:>13,}")  # fmt: skip
+    lines += ["", "conv: the same 3x3 filters at every position (weight sharing). no sharing: "
+              "the same 3x3 windows with", "their own weights at each position (local "
+              "connections only). dense: every input to every output."]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -260,6 +260,8 @@ def _log(line: str) -> None:
 def cmd_train(args) -> int:
     from .training import TrainConfig, load_train_config, train
 
+    if not 0 < args.dist_timeout <= 86_400:  # also refuses nan and inf
+        raise MnistCnnError("--dist-timeout must be between 0 and 86400 seconds")
     names = [f.name for f in fields(TrainConfig)]
     given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if args.resume:
@@ -594,6 +596,10 @@ def cmd_probe(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise MnistCnnError("--limit must be at least 1")
+    if args.out:  # a folder that cannot be written is said now, not after the probe
+        from .report import prepare_output
+
+        prepare_output(args.out, "--out")
     trained = load_run(args.run, device=select_device(args.device))
     data = load_dataset(trained.dataset, args.data_dir, progress=_progress())
     images, labels = data.test_images, data.test_labels

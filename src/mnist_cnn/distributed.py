@@ -44,11 +44,23 @@ class Ranks:
 
 def launched() -> bool:
     """True when torchrun (or any launcher setting WORLD_SIZE > 1) started this process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return world_size() > 1
+
+
+def _env_int(name: str, default: int | None = None) -> int:
+    value = os.environ.get(name)
+    if value is None and default is not None:
+        return default
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise MnistCnnError(
+            f"launched for distributed training, but {name}={value!r}: start it with torchrun"
+        ) from None
 
 
 def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return _env_int("WORLD_SIZE", 1)
 
 
 def check_batch(batch_size: int) -> None:
@@ -64,9 +76,9 @@ def check_batch(batch_size: int) -> None:
 def start(device: torch.device, backend: str = "auto", timeout: float = DEFAULT_TIMEOUT
           ) -> tuple[Ranks, torch.device]:  # fmt: skip
     """Join the process group torchrun set up; returns this rank and the device it uses."""
-    rank = int(os.environ["RANK"])
-    size = int(os.environ["WORLD_SIZE"])
-    local = int(os.environ.get("LOCAL_RANK", rank))
+    rank = _env_int("RANK")
+    size = world_size()
+    local = _env_int("LOCAL_RANK", rank)
     if backend not in BACKENDS:
         raise MnistCnnError(f"--dist-backend must be one of {', '.join(BACKENDS)}")
     if backend == "auto":
@@ -89,8 +101,8 @@ def start(device: torch.device, backend: str = "auto", timeout: float = DEFAULT_
         torch.cuda.set_device(device)
     elif device.type != "cpu":
         raise MnistCnnError(f"distributed training runs on cpu or cuda, not {device.type}")
-    if not timeout > 0:
-        raise MnistCnnError("--dist-timeout must be a positive number of seconds")
+    if not 0 < timeout <= 86_400:
+        raise MnistCnnError("--dist-timeout must be between 0 and 86400 seconds")
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout))
     return Ranks(rank, size, local, backend), device
 
@@ -105,6 +117,18 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def barrier() -> None:
+    dist.barrier()
+
+
+def agree(error: str | None) -> None:
+    """Raise on every rank if any rank failed (``error``): no rank is left waiting in a
+    collective for one that has gone."""
+    errors = [e for e in gather(error) if e]
+    if errors:
+        raise MnistCnnError(errors[0])
 
 
 def gather(obj) -> list:

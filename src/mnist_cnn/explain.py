@@ -215,9 +215,10 @@ ever seen.</p>{_img(pngs, "input", "the input and the 28x28 image the model saw"
 <p>The first layer slides each of these 32 learned 3x3 filters over the image. A filter with
 red on one side and blue on the other responds to an edge in that direction; a red stripe
 responds to a line. Nobody designed them: training found them. The same 10 weights of a filter
-are used at every one of the 28x28 positions — <b>weight sharing</b> — which is why this layer
-has 320 parameters where a fully connected layer of the same size would need about 20
-million (<code>mnist-cnn summary</code>).</p>{_img(pngs, "filters", "first-layer filters")}
+are used at every one of the 28x28 positions — <b>weight sharing</b> — so this layer has 320
+parameters; with its own 3x3 weights at every position it would need 250,880, and a fully
+connected layer of the same sizes about 20 million (<code>mnist-cnn summary</code>).</p>
+{_img(pngs, "filters", "first-layer filters")}
 </section>
 
 <section id="layer1"><h2>3. Feature maps of layer1: conv, ReLU, max-pool</h2>

@@ -250,7 +250,11 @@ def train(
 
 def _train(config, resume, saved, device, ranks, log, progress) -> TrainResult:
     configure_determinism(config.deterministic, device)
+    if ranks is not None and ranks.local_rank != 0:
+        distributed.barrier()  # one process per machine finds (or downloads) the data first
     data = load_dataset(config.dataset, config.data_dir, progress=progress)
+    if ranks is not None and ranks.local_rank == 0:
+        distributed.barrier()
     splits = _make_splits(data, config, device)
 
     seed_everything(config.seed)  # the same initial weights on every rank
@@ -273,12 +277,19 @@ def _train(config, resume, saved, device, ranks, log, progress) -> TrainResult:
         torch.manual_seed(config.seed + 1_000_003 * (ranks.rank + 1))
     if resume is None:
         run_dir, started, history = None, _now(), []
+        error = None
         if ranks is None or ranks.main:
-            run_dir = _new_run_dir(config)
-            # config.json first: a run killed in its first epoch can still be resumed
-            first = _run_config(config, data, splits, model, device, [], started)
-            atomic_write_json(run_dir / CONFIG_FILE, first)
+            try:
+                run_dir = _new_run_dir(config)
+                # config.json first: a run killed in its first epoch can still be resumed
+                first = _run_config(config, data, splits, model, device, [], started)
+                atomic_write_json(run_dir / CONFIG_FILE, first)
+            except (MnistCnnError, OSError) as e:
+                if ranks is None:
+                    raise
+                error = str(e) if isinstance(e, MnistCnnError) else f"{e.filename}: {e.strerror}"
         if ranks is not None:
+            distributed.agree(error)  # rank 0 failed: every rank stops with its message
             run_dir = distributed.gather(run_dir)[0]  # rank 0's, for every rank
     else:
         run_dir, started = Path(resume), saved.get("created") or _now()
@@ -316,10 +327,18 @@ def _train(config, resume, saved, device, ranks, log, progress) -> TrainResult:
         }
         if ranks is not None:  # every rank's random state, so a resumed run goes on as each was
             state["rng_ranks"] = distributed.gather(state["rng"])
+        error = None
         if ranks is None or ranks.main:
             run_config = _run_config(config, data, splits, model, device, history, started)
-            write_checkpoint(run_dir, config=run_config, history=history, model=model,
-                             state=state)  # fmt: skip
+            try:
+                write_checkpoint(run_dir, config=run_config, history=history, model=model,
+                                 state=state)  # fmt: skip
+            except (MnistCnnError, OSError) as e:  # a full disk, say
+                if ranks is None:
+                    raise
+                error = f"writing {run_dir}: {e}"
+        if ranks is not None:
+            distributed.agree(error)
         log(format_epoch(record, config.epochs))
     return TrainResult(run_dir=run_dir, model=model, history=history)
 
@@ -376,6 +395,8 @@ def _restore(run_dir: Path, model, optimizer, scheduler, device, ranks=None) -> 
     if ranks is not None and len(state.get("rng_ranks") or []) == ranks.world_size:
         rng = state["rng_ranks"][ranks.rank]  # each rank's own, when the world is the same
     _set_rng_state(rng, device)
+    if ranks is not None and rng is state["rng"]:  # a new world size: fresh, different streams
+        torch.manual_seed(1_000_003 * (ranks.rank + 1) + 7919 * state["epoch"])
     history = read_metrics(run_dir)[: state["epoch"]]
     if len(history) != state["epoch"]:
         raise MnistCnnError(
@@ -461,8 +482,9 @@ def _eval_record(model, splits: _Splits, data: Dataset, config: TrainConfig, ran
             return result.accuracy, result.loss
         count = len(images)
         right, loss, total = distributed.all_sum(
-            [result.accuracy * count if result else 0.0, result.loss * count if result else 0.0,
-             float(count)], splits.train_x.device)  # fmt: skip
+            [round(result.accuracy * count) if result else 0.0,  # whole images right
+             result.loss * count if result else 0.0, float(count)], splits.train_x.device,
+        )  # fmt: skip
         return right / total, loss / total
 
     record = {}
