@@ -127,7 +127,7 @@ class Batcher:
                  wait: float = DEFAULT_BATCH_WAIT):  # fmt: skip
         self.predictor, self.max_batch, self.wait = predictor, max_batch, wait
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.pending = 0  # requests between arrival and answer: more are coming
+        self.pending = 0  # requests whose body is in, still being preprocessed: about to queue
         self.batches = self.images = 0
         self._task: asyncio.Task | None = None
 
@@ -168,7 +168,7 @@ class Batcher:
                     batch.append(self.queue.get_nowait())
                     continue
                 left = deadline - loop.time()
-                if left <= 0 or self.pending <= len(batch):  # nobody else is on the way
+                if left <= 0 or self.pending == 0:  # nobody else is on the way
                     break
                 try:
                     batch.append(await asyncio.wait_for(self.queue.get(), left))
@@ -359,10 +359,10 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
 
         try:
             name, pre = await _read_input(request, arrived)
-            probs = await batcher.probabilities(pre.image)
         finally:
-            if counted:
+            if counted:  # queued next (no await in between), or failed
                 batcher.pending -= 1
+        probs = await batcher.probabilities(pre.image)
         record = predictor.record(name, probs, top_k)
         if image:
             record["image"] = pre.to_uint8().tolist()
