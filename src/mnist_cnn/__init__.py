@@ -10,6 +10,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 # Names are imported on first use, so that a torch-free deployment (ONNX Runtime) can import
 # the package, and `import mnist_cnn` stays quick.
 _EXPORTS = {
+    "anatomy": ["feature_maps", "grad_cam", "layer_table", "weight_sharing"],
     "checkpoint": ["TrainedModel", "load_run", "save_weights"],
     "datasets": ["DATASETS", "Dataset", "DatasetInfo", "get_dataset_info", "load_dataset"],
     "download": ["fetch", "verify_folder"],
@@ -19,6 +20,7 @@ _EXPORTS = {
     "model": ["CustomCNN", "ModelConfig", "count_parameters", "format_summary", "summarize"],
     "predict": ["Predictor"],
     "preprocessing": ["preprocess"],
+    "serve": ["create_app"],
     "training": ["TrainConfig", "TrainResult", "train"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -47,10 +49,14 @@ __all__ = [
     "TrainResult",
     "TrainedModel",
     "count_parameters",
+    "create_app",
     "evaluate",
+    "feature_maps",
     "fetch",
     "format_summary",
     "get_dataset_info",
+    "grad_cam",
+    "layer_table",
     "load_dataset",
     "load_idx",
     "load_run",
@@ -60,4 +66,5 @@ __all__ = [
     "summarize",
     "train",
     "verify_folder",
+    "weight_sharing",
 ]
