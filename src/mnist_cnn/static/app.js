@@ -32,11 +32,18 @@ let timer = null;
 let sequence = 0; // answers to older requests are ignored
 
 const DATASET_NAMES = { mnist: "MNIST", "fashion-mnist": "Fashion-MNIST", kmnist: "Kuzushiji-MNIST" };
+const WHAT_TO_DRAW = { mnist: "a digit", "fashion-mnist": "a piece of clothing", kmnist: "a hiragana character" };
 
 function setup(model) {
   classes = model.classes;
   hasFeatures = Boolean(model.features);
   const dataset = DATASET_NAMES[model.dataset] || model.dataset;
+  const what = WHAT_TO_DRAW[model.dataset] || "something";
+  document.querySelector("h1").firstChild.textContent = `Draw ${what} `;
+  document.title = `mnist-cnn · draw ${what}`;
+  verdictEl.textContent = `Draw ${what}`;
+  // one column width for every class name, so the bars line up
+  bars.style.setProperty("--name-width", `${Math.max(...classes.map((c) => c.length), 2) * 0.62 + 0.6}em`);
   const acc = model.test_accuracy == null ? "" : `, ${(100 * model.test_accuracy).toFixed(2)}% on its test set`;
   document.getElementById("model-line").textContent =
     `${model.architecture} trained on ${dataset}${acc} · ${model.parameters ? model.parameters.toLocaleString("en") + " parameters · " : ""}${model.runtime}`;
@@ -230,7 +237,7 @@ function reset(cancel = true) {
   if (cancel) sequence++;
   labelEl.textContent = "?";
   labelEl.classList.remove("long");
-  verdictEl.textContent = "Draw a digit";
+  verdictEl.textContent = document.querySelector("h1").firstChild.textContent.trim();
   confidenceEl.textContent = "";
   badge.textContent = "";
   errorEl.textContent = "";
