@@ -560,6 +560,7 @@ def cmd_summary(args) -> int:
 
 def cmd_explain(args) -> int:
     from .checkpoint import load_run
+    from .datasets import preprocessing_style
     from .device import select_device
     from .explain import explain
     from .predict import expand_inputs
@@ -575,7 +576,7 @@ def cmd_explain(args) -> int:
     item = expand_inputs([args.image], stdin=sys.stdin)[0]
     try:
         gray = load_image(item.source)
-        pre = to_mnist(gray)
+        pre = to_mnist(gray, preprocessing_style(trained.dataset))
     except MnistCnnError as e:
         message = str(e)
         raise MnistCnnError(

@@ -44,6 +44,7 @@ class DatasetInfo:
     mirrors: tuple[str, ...]  # base URLs, tried in order
     files: dict[str, DataFile]  # keyed by "train-images", "train-labels", "test-images", ...
     torchvision_dir: str  # the folder torchvision keeps it in (<root>/<dir>/raw), also searched
+    preprocessing: str = "mnist"  # how its images were made: the style people's images get
 
     @property
     def num_classes(self) -> int:
@@ -122,6 +123,7 @@ DATASETS: dict[str, DatasetInfo] = {
             },
         ),
         torchvision_dir="FashionMNIST",
+        preprocessing="fashion",  # longest edge to 28, centred by its box, intensities kept
     ),
     "kmnist": DatasetInfo(
         name="kmnist",
@@ -194,6 +196,12 @@ def candidate_dirs(info: DatasetInfo, data_dir: str | os.PathLike | None = None)
         places += [root / info.name, root, root / info.torchvision_dir / "raw"]
     places += [cache_dir(info.name), DEBIAN_DIR / info.name]
     return places
+
+
+def preprocessing_style(dataset: str) -> str:
+    """The preprocessing style of ``dataset``'s images ("mnist" for unknown names)."""
+    info = DATASETS.get(dataset)
+    return info.preprocessing if info else "mnist"
 
 
 def file_in(folder: Path, f: DataFile) -> Path | None:

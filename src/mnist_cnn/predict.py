@@ -38,6 +38,9 @@ class Predictor:
         self.classes = model.classes
         self.mean, self.std = model.mean, model.std
         self.max_pixels = max_pixels
+        from .datasets import preprocessing_style
+
+        self.style = preprocessing_style(getattr(model, "dataset", "mnist"))  # as its data was made
 
     @classmethod
     def from_run(cls, path: str | os.PathLike, device="cpu", **kw) -> Predictor:
@@ -53,7 +56,7 @@ class Predictor:
     def preprocess(self, source) -> Preprocessed:
         if hasattr(source, "detach") and hasattr(source, "numpy"):  # a torch tensor
             source = source.detach().cpu().numpy()
-        return to_mnist(load_image(source, max_pixels=self.max_pixels))
+        return to_mnist(load_image(source, max_pixels=self.max_pixels), self.style)
 
     def probabilities(self, images: np.ndarray, chunk: int = 1000) -> np.ndarray:
         """(N, 28, 28) preprocessed images in 0..1 -> (N, classes) probabilities."""

@@ -396,7 +396,8 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
             width, height = image_size(data)
             small = width * height <= INLINE_PIXELS
             # decoded and preprocessed in one go: a queued large upload holds only its bytes
-            pre = await offload(_decode_and_preprocess, data, max_pixels, small=small)
+            pre = await offload(_decode_and_preprocess, data, max_pixels, predictor.style,
+                                small=small)  # fmt: skip
             return upload.filename, pre
         if kind == "application/json" or kind.endswith("+json"):
             body = await request.body()
@@ -407,7 +408,7 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
                 raise ApiError(422, f"malformed JSON ({e})") from None
             except RecursionError:
                 raise ApiError(422, "malformed JSON (nested too deeply)") from None
-            return None, _to_mnist(parse_pixels(payload))
+            return None, _to_mnist(parse_pixels(payload), predictor.style)
         raise ApiError(
             415,
             'send an image as multipart/form-data field "file", or JSON {"pixels": [[...]]}'
@@ -417,13 +418,13 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
     return Guard(app, max_body)
 
 
-def _decode_and_preprocess(data: bytes, max_pixels: int) -> Preprocessed:
-    return _to_mnist(decode_upload(data, max_pixels))
+def _decode_and_preprocess(data: bytes, max_pixels: int, style: str) -> Preprocessed:
+    return _to_mnist(decode_upload(data, max_pixels), style)
 
 
-def _to_mnist(gray: np.ndarray) -> Preprocessed:
+def _to_mnist(gray: np.ndarray, style: str) -> Preprocessed:
     try:
-        return to_mnist(gray)
+        return to_mnist(gray, style)
     except ImageError as e:
         raise ApiError(422, str(e)) from None
 

@@ -41,6 +41,10 @@ function setup(model) {
   const what = WHAT_TO_DRAW[model.dataset] || "something";
   document.querySelector("h1").firstChild.textContent = `Draw ${what} `;
   document.title = `mnist-cnn · draw ${what}`;
+  if (model.dataset === "fashion-mnist") {
+    document.getElementById("seen-how").textContent = "Your drawing after Fashion-MNIST's own " +
+      "preprocessing: the item's longest edge scaled to 28 pixels, centred, white on black.";
+  }
   verdictEl.textContent = `Draw ${what}`;
   // one column width for every class name, so the bars line up
   bars.style.setProperty("--name-width", `${Math.max(...classes.map((c) => c.length), 2) * 0.62 + 0.6}em`);
