@@ -91,6 +91,7 @@ def test_drawing_a_digit_shows_the_right_answer(page, draw, digit, tmp_path):
     assert "%" in page.locator("#confidence").inner_text()
     top = page.locator("#bars li.top .name").inner_text()
     assert top == digit
+    page.wait_for_timeout(400)  # the bars grow with a 0.18 s transition
     fill = page.locator("#bars li.top .fill").bounding_box()["width"]
     track = page.locator("#bars li.top .track").bounding_box()["width"]
     assert fill > 0.5 * track  # the bar is drawn as long as its probability
