@@ -128,7 +128,6 @@ class Batcher:
         self.predictor, self.max_batch, self.wait = predictor, max_batch, wait
         self.queue: asyncio.Queue = asyncio.Queue()
         self.pending = 0  # requests whose body is in, still being preprocessed: about to queue
-        self.batches = self.images = 0
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -188,8 +187,6 @@ class Batcher:
                     if not future.done():
                         future.set_exception(e)
                 continue
-            self.batches += 1
-            self.images += len(batch)
             for (_, future), p in zip(batch, probs, strict=True):
                 if not future.done():
                     future.set_result(p)
@@ -272,7 +269,6 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
         version=_version(),
         lifespan=lifespan,
     )
-    app.state.batcher = batcher
 
     @app.exception_handler(ClientDisconnect)
     async def gone(request, exc):  # nobody is listening; the log says 499, as nginx does
@@ -498,10 +494,11 @@ class Guard:
             else:
                 await self.app(scope, limited_receive, send_and_note)
         except Exception as e:  # an answer, never a dead server
-            if not status["refused"]:
+            # FastAPI's own handler has answered (and logged) the app's failures; this is for
+            # what fails before or around it
+            if not status["refused"] and not status["code"]:
                 log.exception("error on %s %s", scope.get("method"), scope.get("path"))
-                if not status["code"]:
-                    await _send_json(send_and_note, 500, {"error": f"internal error ({e})"})
+                await _send_json(send_and_note, 500, {"error": f"internal error ({e})"})
         client = scope.get("client") or ("-", 0)
         ms = (time.perf_counter() - start) * 1000
         result = scope["state"].get("result", "")
