@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .evaluation import normalize
 from .model import CustomCNN, count_parameters
 
 
@@ -269,7 +270,7 @@ def accuracy_under(model: CustomCNN, images: torch.Tensor, labels: torch.Tensor,
     try:
         for i in range(0, len(images), batch):
             x = images[i : i + batch].to(device).float().div_(255)
-            x = (transform(x) - mean) / std
+            x = normalize(transform(x), mean, std)
             right += int((model(x).argmax(1) == labels[i : i + batch].to(device)).sum())
     finally:
         model.train(was_training)

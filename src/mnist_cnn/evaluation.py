@@ -10,10 +10,13 @@ from torch import nn
 
 
 def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 images (N, H, W) or (N, 1, H, W) -> float32 (N, 1, H, W), 0..1 then standardized."""
+    """Images (N, H, W) or (N, 1, H, W) -> the model's float32 (N, 1, H, W) input: uint8
+    pixels are scaled to 0..1 first (float images are taken to be 0..1), then standardized."""
     if images.dim() == 3:
         images = images.unsqueeze(1)
-    return (images.float() / 255.0 - mean) / std
+    if images.dtype == torch.uint8:
+        return (images.float() / 255.0 - mean) / std
+    return (images.float() - mean) / std
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .anatomy import feature_maps, grad_cam, layer_table, strongest_channels
+from .evaluation import normalize
 from .files import atomic_write_bytes, atomic_write_text
 from .report import _CSS, _png, prepare_output
 
@@ -31,7 +32,7 @@ def explain(trained, pre, original: np.ndarray, out_dir, name: str = "image",
     out = prepare_output(out_dir, "--out")
     model = trained.model
     device = next(model.parameters()).device
-    x = torch.from_numpy((pre.image[None, None] - trained.mean) / trained.std).float().to(device)
+    x = normalize(torch.from_numpy(pre.image[None]).to(device), trained.mean, trained.std)
     model.eval()
     with torch.no_grad():
         probs = torch.softmax(model(x), dim=1)[0].cpu().numpy()

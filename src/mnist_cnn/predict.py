@@ -70,11 +70,13 @@ class Predictor:
             return self.model.probabilities(images)
         import torch
 
+        from .evaluation import normalize
+
         model = self.model.model.eval()
         device = next(model.parameters()).device
-        x = torch.from_numpy((np.asarray(images, np.float32)[:, None] - self.mean) / self.std)
+        x = normalize(torch.from_numpy(images).to(device), self.mean, self.std)
         with torch.inference_mode():
-            return torch.softmax(model(x.to(device)), dim=1).cpu().numpy()
+            return torch.softmax(model(x), dim=1).cpu().numpy()
 
     def predict(self, images, top_k: int = 3, names: Iterable[str | None] | None = None):
         """Predict one image or a list; each may be a path, PIL image, array or tensor.

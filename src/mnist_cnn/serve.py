@@ -328,11 +328,12 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
         import torch
 
         from .anatomy import feature_panel
+        from .evaluation import normalize
 
         name, pre = await _read_input(request)
         net = predictor.model
         device = next(net.model.parameters()).device
-        x = torch.from_numpy((pre.image[None, None] - net.mean) / net.std).float().to(device)
+        x = normalize(torch.from_numpy(pre.image[None]).to(device), net.mean, net.std)
         return JSONResponse({"file": name, "stages": feature_panel(net.model, x)})
 
     @app.post("/v1/predict", openapi_extra=PREDICT_BODY)
