@@ -560,11 +560,9 @@ def cmd_summary(args) -> int:
 
 def cmd_explain(args) -> int:
     from .checkpoint import load_run
-    from .datasets import preprocessing_style
     from .device import select_device
     from .explain import explain
-    from .predict import expand_inputs
-    from .preprocessing import load_image, to_mnist
+    from .predict import Predictor, expand_inputs
 
     if args.run.endswith(".onnx"):
         raise MnistCnnError("explain needs a run directory (its PyTorch weights), not an .onnx")
@@ -575,15 +573,14 @@ def cmd_explain(args) -> int:
     trained = load_run(args.run, device=select_device(args.device))
     item = expand_inputs([args.image], stdin=sys.stdin)[0]
     try:
-        gray = load_image(item.source)
-        pre = to_mnist(gray, preprocessing_style(trained.dataset))
+        pre = Predictor(trained).preprocess(item.source)  # as predict does, in the run's style
     except MnistCnnError as e:
         message = str(e)
         raise MnistCnnError(
             message if message.startswith(args.image) else f"{args.image}: {message}"
         ) from None
     name = Path(args.image).name if args.image != "-" else "stdin"
-    record = explain(trained, pre, gray, args.out, name=name, top_k=args.top_k)
+    record = explain(trained, pre, args.out, name=name, top_k=args.top_k)
     print(f"{name}: {record['class']} ({100 * record['probability']:.1f}%)")
     print(f"wrote {Path(args.out) / 'index.html'} and {len(record['images'])} pictures")
     return 0

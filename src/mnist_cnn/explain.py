@@ -22,12 +22,11 @@ from .report import _CSS, _png, prepare_output
 DEEP_CHANNELS = 16  # channels shown for layer2 and layer3 (all 32 of layer1 are shown)
 
 
-def explain(trained, pre, original: np.ndarray, out_dir, name: str = "image",
-            top_k: int = 5) -> dict:  # fmt: skip
+def explain(trained, pre, out_dir, name: str = "image", top_k: int = 5) -> dict:
     """Write DIR/index.html, the PNGs and DIR/explanation.json for one preprocessed image.
 
-    ``trained`` is a TrainedModel, ``pre`` the Preprocessed image, ``original`` the grayscale
-    input before preprocessing. Returns what explanation.json holds.
+    ``trained`` is a TrainedModel, ``pre`` the Preprocessed image (its ``steps["input"]`` is
+    the grayscale input before preprocessing). Returns what explanation.json holds.
     """
     out = prepare_output(out_dir, "--out")
     model = trained.model
@@ -47,7 +46,7 @@ def explain(trained, pre, original: np.ndarray, out_dir, name: str = "image",
     }
     classes = trained.classes
     figures = {
-        "input": _plot_input(original, pre.image),
+        "input": _plot_input(pre.steps["input"], pre.image),
         "filters": _plot_filters(model.layer1[0].weight.detach().cpu().numpy()),
         **{f"features_{layer}": _plot_stages(by_name, layer, idx) for layer, idx in chosen.items()},
         "evidence": _plot_evidence(pre.image, cam, classes[label]),
