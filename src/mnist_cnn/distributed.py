@@ -123,14 +123,6 @@ def barrier() -> None:
     dist.barrier()
 
 
-def agree(error: str | None) -> None:
-    """Raise on every rank if any rank failed (``error``): no rank is left waiting in a
-    collective for one that has gone."""
-    errors = [e for e in gather(error) if e]
-    if errors:
-        raise MnistCnnError(errors[0])
-
-
 def gather(obj) -> list:
     """Every rank's ``obj``, in rank order (on every rank)."""
     out: list = [None] * dist.get_world_size()

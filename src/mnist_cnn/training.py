@@ -276,21 +276,16 @@ def _train(config, resume, saved, device, ranks, log, progress) -> TrainResult:
     if ranks is not None:  # dropout and augmentation differ between ranks, as they should
         torch.manual_seed(config.seed + 1_000_003 * (ranks.rank + 1))
     if resume is None:
-        run_dir, started, history = None, _now(), []
-        error = None
-        if ranks is None or ranks.main:
-            try:
-                run_dir = _new_run_dir(config)
-                # config.json first: a run killed in its first epoch can still be resumed
-                first = _run_config(config, data, splits, model, device, [], started)
-                atomic_write_json(run_dir / CONFIG_FILE, first)
-            except (MnistCnnError, OSError) as e:
-                if ranks is None:
-                    raise
-                error = str(e) if isinstance(e, MnistCnnError) else f"{e.filename}: {e.strerror}"
-        if ranks is not None:
-            distributed.agree(error)  # rank 0 failed: every rank stops with its message
-            run_dir = distributed.gather(run_dir)[0]  # rank 0's, for every rank
+        started, history = _now(), []
+
+        def create() -> Path:
+            run_dir = _new_run_dir(config)
+            # config.json first: a run killed in its first epoch can still be resumed
+            first = _run_config(config, data, splits, model, device, [], started)
+            atomic_write_json(run_dir / CONFIG_FILE, first)
+            return run_dir
+
+        run_dir = _on_writer(ranks, create)
     else:
         run_dir, started = Path(resume), saved.get("created") or _now()
         history = _restore(run_dir, model, optimizer, scheduler, device, ranks)
@@ -327,20 +322,29 @@ def _train(config, resume, saved, device, ranks, log, progress) -> TrainResult:
         }
         if ranks is not None:  # every rank's random state, so a resumed run goes on as each was
             state["rng_ranks"] = distributed.gather(state["rng"])
-        error = None
-        if ranks is None or ranks.main:
-            run_config = _run_config(config, data, splits, model, device, history, started)
-            try:
-                write_checkpoint(run_dir, config=run_config, history=history, model=model,
-                                 state=state)  # fmt: skip
-            except (MnistCnnError, OSError) as e:  # a full disk, say
-                if ranks is None:
-                    raise
-                error = f"writing {run_dir}: {e}"
-        if ranks is not None:
-            distributed.agree(error)
+        run_config = _run_config(config, data, splits, model, device, history, started)
+        _on_writer(ranks, write_checkpoint, run_dir, config=run_config, history=history,
+                   model=model, state=state)  # fmt: skip
         log(format_epoch(record, config.epochs))
     return TrainResult(run_dir=run_dir, model=model, history=history)
+
+
+def _on_writer(ranks, action, *args, **kwargs):
+    """``action(*args, **kwargs)`` in the process that writes the run (rank 0, or the only
+    one); its result for every rank. Under torchrun a failure there (a taken --name, a full
+    disk) stops every rank with its message, rather than leaving them waiting for rank 0."""
+    if ranks is None:
+        return action(*args, **kwargs)
+    result, error = None, None
+    if ranks.main:
+        try:
+            result = action(*args, **kwargs)
+        except (MnistCnnError, OSError) as e:
+            error = str(e) if isinstance(e, MnistCnnError) else f"{e.filename}: {e.strerror}"
+    result, error = distributed.gather((result, error))[0]  # rank 0's, for every rank
+    if error:
+        raise MnistCnnError(error)
+    return result
 
 
 def _now() -> str:
