@@ -188,10 +188,11 @@ def feature_maps(model: CustomCNN, x: torch.Tensor) -> list[Stage]:
     model.eval()
     try:
         with torch.no_grad():
-            for b, block in enumerate((model.layer1, model.layer2, model.layer3), start=1):
-                for part, module in zip(("conv", "relu", "pool"), block, strict=True):
-                    x = module(x)
-                    stages.append(Stage(f"layer{b}.{part}", x[0].detach().cpu().numpy()))
+            for name, module in _modules(model):
+                if name == "flatten":  # the three blocks end here
+                    break
+                x = module(x)
+                stages.append(Stage(name, x[0].detach().cpu().numpy()))
     finally:
         model.train(was_training)
     return stages

@@ -142,11 +142,7 @@ def to_mnist(gray: np.ndarray, style: str = "mnist") -> Preprocessed:
         return _to_fashion(gray)
     if style != "mnist":
         raise ValueError(f"unknown preprocessing style {style!r} (known: {', '.join(STYLES)})")
-    steps = {"input": gray}
-    inverted = _background_is_light(gray)
-    x = 1.0 - gray if inverted else gray  # ink bright, background dark
-    steps["polarity"] = x
-    ink = np.clip(x - _background(x), 0, None)  # uneven lighting and paper tone removed
+    steps, inverted, ink = _ink(gray)
     mask = ink > _otsu(ink)
     if mask.sum() < 3 or ink[mask].mean() < 0.05:
         raise ImageError("no ink found (a blank or nearly uniform image)")
@@ -171,15 +167,20 @@ def to_mnist(gray: np.ndarray, style: str = "mnist") -> Preprocessed:
     return Preprocessed(image=image, steps=steps, inverted=inverted)
 
 
+def _ink(gray: np.ndarray) -> tuple[dict, bool, np.ndarray]:
+    """The first steps of every style: (steps so far, whether the input was inverted, the ink
+    bright on black with uneven lighting and paper tone removed)."""
+    inverted = _background_is_light(gray)
+    x = 1.0 - gray if inverted else gray  # ink bright, background dark
+    ink = np.clip(x - _background(x), 0, None)
+    return {"input": gray, "polarity": x}, inverted, ink
+
+
 def _to_fashion(gray: np.ndarray) -> Preprocessed:
     """Fashion-MNIST's recipe (Xiao et al., 2017): trim to the item, longest edge to 28,
     centre on the canvas, negate (a light background becomes black). Shades are kept, only
     scaled so the brightest part is white; nothing is thickened or centred by mass."""
-    steps = {"input": gray}
-    inverted = _background_is_light(gray)
-    x = 1.0 - gray if inverted else gray
-    steps["polarity"] = x
-    ink = np.clip(x - _background(x), 0, None)
+    steps, inverted, ink = _ink(gray)
     top = _quantile(ink, 99.5)
     if top < 0.05:
         raise ImageError("nothing found (a blank or nearly uniform image)")
