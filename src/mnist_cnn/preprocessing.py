@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,13 +50,14 @@ def load_image(source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """
     if isinstance(source, np.ndarray):
         return _array_to_gray(source)
-    if isinstance(source, Image.Image):
-        return _pil_to_gray(source, max_pixels)
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     name = str(source) if isinstance(source, (str, os.PathLike)) else "image"
     try:
-        with Image.open(source) as img:
+        # an image opened elsewhere (perhaps not yet decoded) is read here, with the same
+        # checks, but left open for its owner
+        given = isinstance(source, Image.Image)
+        with nullcontext(source) if given else Image.open(source) as img:
             _check_size(img, max_pixels, name)
             img.load()
             return _pil_to_gray(img, max_pixels)

@@ -192,15 +192,15 @@ class Batcher:
                     future.set_result(p)
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """An upload's (width, height) from its header: 415 if it is no image format at all."""
+def open_upload(data: bytes):
+    """An upload opened as an image, only its header read yet (so its size is known): 415 if
+    it is no image format at all."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise ApiError(422, "the uploaded file is empty")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.size
+        return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ApiError(
             415, "the upload is not an image (send PNG, JPEG, GIF, BMP, WebP...)"
@@ -211,10 +211,10 @@ def image_size(data: bytes) -> tuple[int, int]:
         raise ApiError(422, f"the image cannot be read ({e})") from None
 
 
-def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
-    """An uploaded image as grayscale 0..1; 422 if it is too large or broken."""
+def decode_upload(img, max_pixels: int) -> np.ndarray:
+    """An opened upload decoded as grayscale 0..1; 422 if it is too large or broken."""
     try:
-        return load_image(data, max_pixels=max_pixels)
+        return load_image(img, max_pixels=max_pixels)
     except ImageError as e:
         raise ApiError(422, _strip_name(str(e))) from None
 
@@ -390,10 +390,10 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
                 raise ApiError(422, 'send the image as the multipart field "file"')
             data = await upload.read()
             arrived()
-            width, height = image_size(data)
-            small = width * height <= INLINE_PIXELS
+            img = open_upload(data)
+            small = img.width * img.height <= INLINE_PIXELS
             # decoded and preprocessed in one go: a queued large upload holds only its bytes
-            pre = await offload(_decode_and_preprocess, data, max_pixels, predictor.style,
+            pre = await offload(_decode_and_preprocess, img, max_pixels, predictor.style,
                                 small=small)  # fmt: skip
             return upload.filename, pre
         if kind == "application/json" or kind.endswith("+json"):
@@ -415,8 +415,9 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
     return Guard(app, max_body)
 
 
-def _decode_and_preprocess(data: bytes, max_pixels: int, style: str) -> Preprocessed:
-    return _to_mnist(decode_upload(data, max_pixels), style)
+def _decode_and_preprocess(img, max_pixels: int, style: str) -> Preprocessed:
+    with img:  # closed once decoded, whatever happens
+        return _to_mnist(decode_upload(img, max_pixels), style)
 
 
 def _to_mnist(gray: np.ndarray, style: str) -> Preprocessed:
