@@ -43,14 +43,22 @@ class Predictor:
         self.style = preprocessing_style(getattr(model, "dataset", "mnist"))  # as its data was made
 
     @classmethod
-    def from_run(cls, path: str | os.PathLike, device="cpu", **kw) -> Predictor:
-        """A run directory or model.safetensors (PyTorch), or an exported .onnx (no torch)."""
+    def from_run(cls, path: str | os.PathLike, device="cpu", threads: int | None = None,
+                 **kw) -> Predictor:  # fmt: skip
+        """A run directory or model.safetensors (PyTorch), or an exported .onnx (no torch).
+
+        ``threads``: ONNX Runtime's intra-op threads, or PyTorch's (a process-wide setting).
+        """
         if str(path).endswith(".onnx"):
             from .onnx_model import OnnxModel
 
-            return cls(OnnxModel(path), **kw)
+            return cls(OnnxModel(path, threads=threads), **kw)
+        import torch
+
         from .checkpoint import load_run
 
+        if threads:
+            torch.set_num_threads(threads)
         return cls(load_run(path, device=device), **kw)
 
     def preprocess(self, source) -> Preprocessed:

@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .errors import MnistCnnError
+from .predict import Predictor
 from .preprocessing import SIZE, ImageError, Preprocessed, load_image, to_mnist
 
 log = logging.getLogger("mnist_cnn.serve")
@@ -545,21 +546,6 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(message)s")
 
 
-def load_predictor(run: str, device: str = "cpu", threads: int | None = None):
-    """The Predictor for a run directory (PyTorch) or an exported .onnx (ONNX Runtime)."""
-    from .predict import Predictor
-
-    if str(run).endswith(".onnx"):
-        from .onnx_model import OnnxModel
-
-        return Predictor(OnnxModel(run, threads=threads))
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    return Predictor.from_run(run, device=device)
-
-
 _SPEC = "MNIST_CNN_SERVE_SPEC"  # how worker processes learn what to serve
 
 
@@ -567,7 +553,7 @@ def app_from_environment():
     """The app factory each worker process of ``serve(..., workers=N)`` calls."""
     _configure_logging()  # a fresh process: the parent's logging setup is not inherited
     spec = json.loads(os.environ[_SPEC])
-    predictor = load_predictor(spec["run"], spec["device"], spec["threads"])
+    predictor = Predictor.from_run(spec["run"], spec["device"], spec["threads"])
     return create_app(predictor, **spec["options"])
 
 
@@ -584,7 +570,7 @@ def serve(run: str, *, host: str = "127.0.0.1", port: int = 8000, workers: int =
     _configure_logging()
     if workers > 1 and threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers)
-    predictor = load_predictor(run, device, threads)  # fails here, once, if RUN is unusable
+    predictor = Predictor.from_run(run, device, threads)  # fails here, once, if RUN is unusable
     info = model_info(predictor)
     sock = bind(host, port)
     shown = f"[{host}]" if ":" in host else host
