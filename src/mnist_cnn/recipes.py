@@ -13,3 +13,6 @@ RECIPES: dict[str, dict] = {
         epochs=24, batch_size=128, lr=2e-3, schedule="onecycle", label_smoothing=0.1, augment=True
     ),
 }
+
+# "sgd" is plain SGD (no momentum): the update is lr times the gradient, nothing else
+OPTIMIZERS = ("adam", "sgd")
