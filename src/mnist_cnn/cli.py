@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from .datasets import DATASETS
     from .device import DEVICES
-    from .recipes import PRECISIONS, RECIPES, SCHEDULES
+    from .recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
 
     parser = _Parser(
         prog="mnist-cnn",
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, help="epochs to train (default 15)")
     t.add_argument("--batch-size", type=int, help="images per step (default 100)")
     t.add_argument("--lr", type=float, help="Adam learning rate, the peak of onecycle (1e-3)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, help="adam (default) or sgd (plain SGD)")
     t.add_argument("--schedule", choices=SCHEDULES, help="learning rate schedule (constant)")
     t.add_argument("--label-smoothing", type=float, metavar="EPS", help="default 0")
     t.add_argument(

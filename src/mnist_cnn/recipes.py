@@ -22,3 +22,6 @@ RECIPES: dict[str, dict] = {
         precision="bf16",
     ),
 }
+
+# "sgd" is plain SGD (no momentum): the update is lr times the gradient, nothing else
+OPTIMIZERS = ("adam", "sgd")

@@ -37,7 +37,7 @@ from .errors import MnistCnnError
 from .evaluation import evaluate
 from .files import atomic_write_json, remove_stale_temp_files
 from .model import ARCHITECTURE, CustomCNN, ModelConfig, count_parameters
-from .recipes import PRECISIONS, RECIPES, SCHEDULES
+from .recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
 
 
 @dataclass
@@ -50,6 +50,7 @@ class TrainConfig:
     epochs: int = 15
     batch_size: int = 100
     lr: float = 1e-3  # Adam; the peak of the one-cycle schedule
+    optimizer: str = "adam"  # or "sgd": plain w -= lr * gradient (wants a larger lr)
     schedule: str = "constant"  # or "onecycle": warm up to lr, then anneal towards 0
     label_smoothing: float = 0.0
     augment: bool = False  # random shifts, rotations and scaling of every batch
@@ -88,6 +89,8 @@ class TrainConfig:
             raise MnistCnnError("--label-smoothing must be in [0, 1)")
         if not 0 <= self.dropout < 1:
             raise MnistCnnError("--dropout must be in [0, 1)")
+        if self.optimizer not in OPTIMIZERS:
+            raise MnistCnnError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
         for name, allowed in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise MnistCnnError(f"--{name} must be one of {', '.join(allowed)}")
@@ -262,9 +265,7 @@ def _train(config, resume, saved, device, ranks, log, progress) -> TrainResult:
     model = CustomCNN(model_config).to(device)
     if device.type in ("cpu", "cuda"):
         model = model.to(memory_format=torch.channels_last)  # NHWC convolutions: faster on both
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.lr, fused=device.type in ("cpu", "cuda") or None
-    )
+    optimizer = _make_optimizer(model, config, device)
     scheduler = _make_scheduler(optimizer, config, len(splits.train_x))
     if resume is not None and config.schedule != "constant":
         planned = saved["training"].get("epochs")
@@ -366,6 +367,13 @@ def load_train_config(run_dir: str | Path) -> tuple[dict, TrainConfig]:
 
 
 _STATE_KEYS = ("epoch", "model", "optimizer", "rng")
+
+
+def _make_optimizer(model, config: TrainConfig, device: torch.device):
+    if config.optimizer == "sgd":  # no momentum: each step is the gradient alone, times lr
+        return torch.optim.SGD(model.parameters(), lr=config.lr)
+    fused = device.type in ("cpu", "cuda") or None
+    return torch.optim.Adam(model.parameters(), lr=config.lr, fused=fused)
 
 
 def _make_scheduler(optimizer, config: TrainConfig, n: int):
