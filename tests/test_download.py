@@ -9,10 +9,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from processes import dead_pid
 
 from mnist_cnn import MnistCnnError, fetch, get_dataset_info, load_dataset, verify_folder
 from mnist_cnn.cli import main
 from mnist_cnn.datasets import cache_dir
+from mnist_cnn.files import temp_name_suffix
 
 
 class Mirrors:
@@ -161,7 +163,7 @@ def test_a_killed_download_leaves_nothing_that_counts(mnist_mirrors):
     info = get_dataset_info("mnist")
     dest = cache_dir("mnist")
     dest.mkdir(parents=True)
-    (dest / ".train-images-idx3-ubyte.gz.x1y2.tmp").write_bytes(b"partial")
+    (dest / f".train-images-idx3-ubyte.gz.x1y2{temp_name_suffix(dead_pid())}").write_bytes(b"x")
     fetch(info, mirrors=[mnist_mirrors.url("good")])
     assert leftovers(dest) == []
     assert (dest / "train-images-idx3-ubyte.gz").stat().st_mode & 0o044, "readable like any file"
