@@ -104,9 +104,13 @@ def restore_state(state: dict, path: Path, model, optimizer, scheduler, rng_now:
             schema.fail(path, "scheduler.total_steps", f"{saved['total_steps']}, but this run "
                         f"plans {fresh['total_steps']} steps")  # fmt: skip
         schema.in_range(saved["last_epoch"], 0, fresh["total_steps"], path, "scheduler.last_epoch")
-    rng_fresh = {k: v for k, v in rng_now.items() if k in state["rng"]} if isinstance(
-        state["rng"], dict) else rng_now  # fmt: skip
-    schema.same_structure(state["rng"], {**rng_fresh, "torch": rng_now["torch"]}, path, "rng")
+    rng = state["rng"]
+    expected = {"torch": rng_now["torch"]}
+    if isinstance(rng, dict) and "cuda" in rng:  # a CUDA run's: used when resumed on CUDA
+        expected["cuda"] = rng_now.get("cuda", torch.zeros(16, dtype=torch.uint8))
+        if "cuda" not in rng_now and isinstance(rng["cuda"], torch.Tensor):
+            expected["cuda"] = torch.zeros_like(rng["cuda"], dtype=torch.uint8)
+    schema.same_structure(rng, expected, path, "rng")
     ranks = state.get("rng_ranks")
     if ranks is not None:
         if not isinstance(ranks, list) or len(ranks) > 4096:
