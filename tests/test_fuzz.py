@@ -42,10 +42,10 @@ COMPLETE = os.environ.get("MNIST_CNN_FUZZ_COMPLETE") == "1"
 MEMORY_BOUND = 1 << 30  # bytes the peak resident memory may grow by over all cases
 
 IDX_FILES = {  # name: (images kept from the real file, stored gzip-compressed)
-    "train-images-idx3-ubyte": (600, True),
-    "train-labels-idx1-ubyte": (600, True),
-    "t10k-images-idx3-ubyte": (200, False),
-    "t10k-labels-idx1-ubyte": (200, False),
+    "train-images-idx3-ubyte": (400, True),
+    "train-labels-idx1-ubyte": (400, True),
+    "t10k-images-idx3-ubyte": (100, False),
+    "t10k-labels-idx1-ubyte": (100, False),
 }
 RUN_COMMANDS = ("evaluate", "predict", "export", "resume")
 DATA_COMMANDS = ("evaluate", "export", "resume", "verify")
@@ -80,8 +80,8 @@ class Base:
 
 @pytest.fixture
 def base(mnist_dir, tmp_path_factory) -> Base:
-    """A real small run: CustomCNN, one epoch on the first 600 real MNIST training images,
-    tested on 200; its ONNX export; one real test digit as a PNG."""
+    """A real small run: CustomCNN, one epoch on the first 400 real MNIST training images,
+    tested on 100; its ONNX export; one real test digit as a PNG."""
     from PIL import Image
 
     root = tmp_path_factory.mktemp("fuzz")
@@ -407,7 +407,7 @@ def gzip_bomb(header: bytes, inflated: int) -> bytes:
 def argv_for(command: str, base: Base, run: Path, data: Path, onnx: Path, out: Path):
     d = ["--data-dir", str(data)]
     return {
-        "evaluate": ["evaluate", str(run), *d],
+        "evaluate": ["evaluate", str(run), *d, "--device", "cpu"],
         "predict": ["predict", str(onnx if onnx.exists() else run), str(base.image)],
         "export": ["export", str(run), "-o", str(out / "export.onnx"), *d],
         "resume": ["train", "--resume", str(run), "--epochs", "2", *d],

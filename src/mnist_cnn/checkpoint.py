@@ -73,8 +73,11 @@ def load_state(run_dir: Path) -> dict | None:
         raise MnistCnnError(f"{path}: larger than the {limit:,} bytes a resume state can be")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a corrupt pickle raises many kinds of errors
-        raise MnistCnnError(f"{path}: cannot be loaded as a resume state ({e})") from None
+    except Exception as e:  # a corrupt pickle raises many kinds of errors, some of many lines
+        reason = [line.strip() for line in str(e).splitlines() if line.strip()] or [repr(e)]
+        raise MnistCnnError(
+            f"{path}: cannot be loaded as a resume state ({reason[-1][:200]})"
+        ) from None
     if not isinstance(state, dict):
         raise MnistCnnError(f"{path}: not a resume state (a {type(state).__name__})")
     missing = [k for k in STATE_KEYS if k not in state]

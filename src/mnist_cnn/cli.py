@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except MnistCnnError as e:
-        print(f"mnist-cnn: error: {e}", file=sys.stderr)
+        print(f"mnist-cnn: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return EXIT_USAGE
     except OSError as e:  # unwritable folders, full disks: the user's to fix, no traceback
         where = f": {e.filename}" if e.filename else ""
