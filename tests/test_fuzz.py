@@ -473,7 +473,7 @@ def test_no_file_turns_the_tool_against_itself(base, tmp_path, stop_at_long_work
     pool += [(m, "predict") for m in onnx_mutations(base)]
     pool += [(m, c) for m in data_mutations(base) for c in DATA_COMMANDS]
     cases = random.Random(SEED).sample(pool, CASES) if 0 < CASES < len(pool) else pool
-    start_memory, start = peak_rss(), time.perf_counter()
+    start_memory, start, cpu = peak_rss(), time.perf_counter(), time.process_time()
     problems, outcomes, slowest = [], {}, (0.0, "")
     for mutation, command in cases:
         began = time.perf_counter()
@@ -489,7 +489,8 @@ def test_no_file_turns_the_tool_against_itself(base, tmp_path, stop_at_long_work
             break
     with capsys.disabled():
         print(f"\nfuzz: {len(cases)} of {len(pool)} cases (seed {SEED}) in "
-              f"{time.perf_counter() - start:.1f} s; outcomes {outcomes}; peak memory grew "
+              f"{time.perf_counter() - start:.1f} s ({time.process_time() - cpu:.1f} s of CPU); "
+              f"outcomes {outcomes}; peak memory grew "
               f"{(peak_rss() - start_memory) >> 20} MB; slowest {slowest[0]:.2f} s "
               f"({slowest[1]})")  # fmt: skip
     assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:20])
