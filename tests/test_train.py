@@ -181,7 +181,7 @@ def test_resume_rejects_another_architecture_and_a_broken_state(tiny_data, tmp_p
     assert "'LeNet5', not CustomCNN" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("recipe", ["reference", "fast", "best"])
+@pytest.mark.parametrize("recipe", ["reference", "fast", "best", "gpu"])
 def test_each_recipe_runs_end_to_end(recipe, tiny_data, tmp_path):
     from mnist_cnn.training import RECIPES
 

@@ -327,11 +327,12 @@ def _train(config, resume, saved, device, ranks, log, progress, lock) -> TrainRe
 
         ids = [device.index] if device.type == "cuda" else None
         step_model = DistributedDataParallel(model, device_ids=ids)
+    eager_model = step_model
     if config.compile:
         step_model = torch.compile(step_model)  # shares the weights
     for epoch in range(len(history), config.epochs):
         record = _train_epoch(step_model, optimizer, scheduler, splits, config, epoch, progress,
-                              ranks)  # fmt: skip
+                              ranks, eager_model)  # fmt: skip
         record.update(_eval_record(model, splits, data, config, ranks))
         history.append(record)
         state = {
@@ -419,8 +420,18 @@ def _restore(run_dir: Path, model, optimizer, scheduler, device, ranks=None) -> 
 
 
 def _train_epoch(
-    model, optimizer, scheduler, splits: _Splits, config: TrainConfig, epoch, progress, ranks=None
+    model,
+    optimizer,
+    scheduler,
+    splits: _Splits,
+    config: TrainConfig,
+    epoch,
+    progress,
+    ranks=None,
+    eager_model=None,
 ) -> dict:
+    """One epoch of steps. ``eager_model`` (the uncompiled ``model``, same weights) takes the
+    epoch's last, smaller batch, for which a compiled model would compile a second graph."""
     from tqdm import tqdm
 
     device = splits.train_x.device
@@ -445,7 +456,7 @@ def _train_epoch(
             x = random_affine(x)
         x = ((x - splits.mean) / splits.std).contiguous(memory_format=torch.channels_last)
         with autocast:
-            logits = model(x)
+            logits = (model if size == bs or eager_model is None else eager_model)(x)
         if ranks is None:
             loss = F.cross_entropy(
                 logits.float(), splits.train_y[idx], label_smoothing=config.label_smoothing
