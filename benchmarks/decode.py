@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from mnist_cnn import preprocessing
 from mnist_cnn.preprocessing import load_image, to_mnist
 
 
@@ -53,7 +54,10 @@ def main() -> None:
     parser.add_argument("--run", help="a run directory: compare the answers too")
     parser.add_argument("--repeat", type=int, default=5, help="timings per image (5)")
     parser.add_argument("--show", nargs="*", default=[], help="files to report one by one")
+    parser.add_argument("--side", type=int, help="reduce to this side instead of REDUCED_SIDE")
     args = parser.parse_args()
+    if args.side:
+        preprocessing.REDUCED_SIDE = args.side
     try:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
     except (AttributeError, OSError):

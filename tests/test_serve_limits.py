@@ -5,6 +5,7 @@ Every test is bounded in time (socket timeouts) and in what it sends.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -26,6 +27,7 @@ from servers import Server, multipart, png_bytes
 from mnist_cnn.preprocessing import ImageError, load_image
 
 
+@functools.lru_cache
 def big_png(side: int) -> bytes:
     """A valid side x side grayscale PNG of a few hundred kilobytes at most (a decoding bomb)."""
     import zlib
@@ -189,6 +191,7 @@ def test_connections_past_the_limit_get_503(real_run, tmp_path):
         time.sleep(0.2)
         status, _, body = server.request("GET", "/healthz")
         assert status == 503, body
+        assert "too many connections" in json.loads(body)["error"]
         for s in idle:
             s.close()
         idle = []

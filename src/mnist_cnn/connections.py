@@ -7,19 +7,23 @@ runs: a header that never ends, a request sent a byte a minute, thousands of idl
 - the request line and headers within ``header_timeout`` seconds of the connection (or of the
   first byte of the next request on it): else 408 and close;
 - no gap longer than ``body_timeout`` seconds while the body arrives: else 408 and close;
-- at most ``max_connections`` open at once: a connection beyond them is answered 503 (after at
-  most ``OVER_LIMIT_WAIT`` seconds for its request) and closed, so that idle connections can
-  never use up the process's file descriptors.
+- at most ``max_connections`` open at once: a connection beyond them is answered 503 once its
+  request line and headers are in (or closed after ``OVER_LIMIT_WAIT`` seconds), so that idle
+  connections can never use up the process's file descriptors.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import resource
+import time
 from dataclasses import dataclass
 
 from uvicorn import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("mnist_cnn.serve")
 
 DEFAULT_MAX_HEADER_BYTES = 32 * 1024
 DEFAULT_HEADER_TIMEOUT = 10.0  # seconds
@@ -61,6 +65,19 @@ class ServiceConfig(Config):
     def __init__(self, app, *, limits: Limits, **kwargs):
         super().__init__(app, http=LimitedProtocol, **kwargs)
         self.limits = limits
+
+
+_refusals = {"count": 0, "logged": float("-inf")}
+
+
+def _note_refusal(limit: int) -> None:
+    """A log line for connections refused past the limit, at most one every 10 s (a flood of
+    them must not flood the log too)."""
+    _refusals["count"] += 1
+    now = time.monotonic()
+    if now - _refusals["logged"] >= 10:
+        log.warning("connection limit (%d) reached: %d refused with 503", limit, _refusals["count"])
+        _refusals.update(count=0, logged=now)
 
 
 def _answer(status: int, reason: str, message: str) -> bytes:
@@ -114,7 +131,9 @@ class LimitedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._reading_head, self._head_bytes = False, 0
         if self._over_limit:
-            self.limit_concurrency = 0  # uvicorn's own 503 (with Connection: close)
+            _note_refusal(self.limits.max_connections)
+            self._refuse(503, "Service Unavailable", "too many connections; try again shortly")
+            return
         self._arm(self.limits.body_timeout, self._body_timed_out)
         super().on_headers_complete()
 
