@@ -174,6 +174,25 @@ def test_a_100_mb_header_gets_431_after_a_few_kilobytes(strict):
     assert strict.request("GET", "/healthz")[0] == 200
 
 
+def test_bodies_larger_than_the_header_limit_are_not_headers(strict, test_digits):
+    """Whole requests in one write, on one keep-alive connection, each over --max-header."""
+    pixels = json.dumps({"pixels": test_digits[0][0].tolist()}) + " " * 40_000
+    request = (
+        "POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(pixels)}\r\n\r\n{pixels}"
+    ).encode()
+    with connect(strict) as s:
+        reader = s.makefile("rb")
+        for _ in range(3):
+            s.sendall(request)
+            assert reader.readline().startswith(b"HTTP/1.1 200"), "refused as a header"
+            length = 0
+            while (line := reader.readline()) != b"\r\n":
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            assert json.loads(reader.read(length))["label"] == test_digits[1][0]
+
+
 def test_connections_past_the_limit_get_503(real_run, tmp_path):
     server = Server(
         str(real_run.run_dir),

@@ -96,6 +96,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self.limits: Limits = config.limits
         self._reading_head = True  # between requests, or inside a request line and headers
         self._head_bytes = 0
+        self._heads = 0  # requests whose headers are complete (a chunk may hold a whole one)
         self._timer = None
         self._over_limit = False
         self._discarding = False  # refused: what arrives now is dropped
@@ -115,13 +116,13 @@ class LimitedProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._discarding or self.transport.is_closing():
             return
-        head = self._reading_head
+        head, heads = self._reading_head, self._heads
         if head and self._timer is None:  # the first bytes of the next request
             self._arm(self.limits.header_timeout, self._header_timed_out)
         super().data_received(data)
-        if head and self._reading_head and not self.transport.is_closing():
-            # still no end of the headers: all of this chunk was head (a chunk is at most a
-            # few hundred KB, so the excess parsed before this check is bounded)
+        if head and heads == self._heads and not self.transport.is_closing():
+            # no end of headers in this chunk: all of it was head (a chunk is at most a few
+            # hundred KB, so the excess parsed before this check is bounded)
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
                 kb = self.limits.max_header_bytes // 1024
@@ -130,6 +131,7 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_head, self._head_bytes = False, 0
+        self._heads += 1
         if self._over_limit:
             _note_refusal(self.limits.max_connections)
             self._refuse(503, "Service Unavailable", "too many connections; try again shortly")
