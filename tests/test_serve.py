@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import socket
 import subprocess
@@ -237,12 +238,12 @@ def test_a_chunked_body_over_the_limit_is_refused(served):
 
 
 def test_one_log_line_per_request_and_no_500(served, test_digits):
-    before = served.log.read_text().count('"GET /healthz"')
-    for _ in range(3):
-        served.request("GET", "/healthz")
+    paths = [f"/log-check-{os.getpid()}-{i}" for i in range(3)]
+    for path in paths:
+        assert served.request("GET", path)[0] == 404
     status, record = post_png(served, test_digits[0][0])
-    log = served.log.read_text()
-    assert log.count('"GET /healthz"') == before + 3
+    log = served.log.read_text()  # each line is written before its answer is sent
+    assert [log.count(f'"GET {path}" 404 ') for path in paths] == [1, 1, 1]
     assert " 500 " not in log and "Traceback" not in log
     line = [x for x in log.splitlines() if '"POST /v1/predict" 200' in x][-1]
     # time, process, client, "method path", status, milliseconds, answer

@@ -531,8 +531,14 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        status = {"code": 0, "refused": False}
+        status = {"code": 0, "refused": False, "recorded": False}
         scope.setdefault("state", {})
+
+        def record():  # once, before the answer's last bytes: whoever reads it finds it logged
+            if not status["recorded"]:
+                status["recorded"] = True
+                self._record(scope, status["code"], time.perf_counter() - start)
+
         limit = f"{self.max_body / 1024 / 1024:g} MB"
 
         async def send_and_note(message):
@@ -540,6 +546,8 @@ class Guard:
                 return
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+            elif not message.get("more_body"):
+                record()
             await send(message)
 
         async def refuse(drain: bool):
@@ -589,8 +597,7 @@ class Guard:
         finally:
             if self.metrics:
                 self.metrics.in_flight.dec()
-        seconds = time.perf_counter() - start
-        self._record(scope, status["code"], seconds)
+        record()  # for a request that got no answer (the client left)
 
     def _allowed(self, host: str) -> bool:
         if self.allowed_hosts is None:
