@@ -709,16 +709,18 @@ def serve(run: str, *, host: str = "127.0.0.1", port: int = 8000, workers: int |
           body_timeout: float = DEFAULT_BODY_TIMEOUT, **options) -> None:  # fmt: skip
     """Serve ``run`` until interrupted (Ctrl-C or SIGTERM).
 
-    ``workers`` processes (default: one per core) share the listening socket, each with its
-    own copy of the model and its own micro-batcher: Python's per-request work then runs on
-    every core. ``allowed_hosts`` defaults to the loopback names when ``host`` is a loopback
-    address (a web page elsewhere cannot reach the service through DNS rebinding), else any.
+    ``workers`` processes (default: one per core, or one on a GPU) share the listening socket,
+    each with its own copy of the model and its own micro-batcher: Python's per-request work
+    then runs on every core. ``allowed_hosts`` defaults to the loopback names when ``host`` is
+    a loopback address (a web page elsewhere cannot reach the service through DNS rebinding),
+    else any.
     ``max_connections`` defaults to what the open-file limit allows.
     """
     import uvicorn
 
     _configure_logging()
-    workers = workers or serve_model.default_workers()
+    if not workers:  # one per core on the CPU; one process owns a GPU and batches for it
+        workers = serve_model.default_workers() if str(device) == "cpu" else 1
     if workers > 1 and threads is None:
         threads = max(1, serve_model.default_workers() // workers)
     # fails here, once, with one line, if RUN is unusable
