@@ -1,11 +1,17 @@
 """Load on `mnist-cnn serve`: requests/s, latency p50/p99 and errors, for a bounded time and count.
 
 Each client keeps one HTTP/1.1 connection open and sends single-image requests back to back
-(MNIST test digits as PNG uploads, or as JSON pixels). The client is plain asyncio, so that it
-costs the machine as little as possible next to the server it measures.
+(MNIST test digits as PNG uploads or as JSON pixels, or real photo crops of handwritten digits
+as PNG uploads). The client is plain asyncio, so that it costs the machine as little as
+possible next to the server it measures.
 
     python benchmarks/serve_load.py --url http://127.0.0.1:8000          # a running server
     python benchmarks/serve_load.py --start RUN [--server-args "..."]    # starts one itself
+    python benchmarks/serve_load.py --start RUN --payload photo --photos DIR
+
+``--payload photo`` sends the photographed digits of a labelled folder (labels.csv: file,label,
+kind; the PNGs of kind "photo" larger than 28x28, such as a 131x223 crop of a phone photo).
+``--write-wrk DIR`` writes the request bodies and a Lua script for ``wrk`` instead of measuring.
 """
 
 from __future__ import annotations
@@ -48,6 +54,49 @@ def payloads(kind: str, count: int, data_dir: str | None) -> tuple[list[bytes], 
             Image.fromarray(image).save(buffer, format="PNG")
             bodies.append(buffer.getvalue())
     return bodies, [int(x) for x in labels]
+
+
+def photos(folder: str) -> tuple[list[bytes], list[int]]:
+    """(PNG files, labels) of the photographed digits in ``folder`` (its labels.csv)."""
+    import csv
+    from pathlib import Path
+
+    root = Path(folder)
+    bodies, labels = [], []
+    for row in csv.DictReader((root / "labels.csv").open()):
+        if row["kind"] != "photo" or not row["file"].endswith(".png"):
+            continue
+        with Image.open(root / row["file"]) as img:
+            if max(img.size) <= 28:  # already MNIST-sized: not a photo crop
+                continue
+        bodies.append((root / row["file"]).read_bytes())
+        labels.append(int(row["label"]))
+    if not bodies:
+        sys.exit(f"no photo PNGs listed in {root / 'labels.csv'}")
+    return bodies, labels
+
+
+def write_wrk(folder: str, kind: str, bodies: list[bytes]) -> None:
+    """Request bodies and a Lua script that makes ``wrk`` send them in turn."""
+    from pathlib import Path
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, body in enumerate(bodies):
+        head, _, data = request_bytes("h", "/v1/predict", kind, body).partition(b"\r\n\r\n")
+        (out / f"{i}.body").write_bytes(data)
+        names.append(f'"{out.resolve() / f"{i}.body"}"')
+    ctype = "application/json" if kind == "json" else "multipart/form-data; boundary=mnistcnnload"
+    (out / "post.lua").write_text(
+        f"local files = {{{', '.join(names)}}}\nlocal bodies = {{}}\n"
+        "for i, name in ipairs(files) do local f = io.open(name, 'rb') bodies[i] = f:read('*a') "
+        "f:close() end\nlocal n = 0\n"
+        f"wrk.method = 'POST'\nwrk.headers['Content-Type'] = '{ctype}'\n"
+        "request = function() n = n % #bodies + 1 "
+        "return wrk.format(nil, '/v1/predict', nil, bodies[n]) end\n"
+    )
+    print(f"wrk -t2 -c16 -d10s --latency -s {out / 'post.lua'} http://127.0.0.1:8000")
 
 
 def request_bytes(host: str, path: str, kind: str, body: bytes) -> bytes:
@@ -149,16 +198,27 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="clients at once (16)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds at most (10)")
     parser.add_argument("--requests", type=int, default=20000, help="requests at most (20000)")
-    parser.add_argument("--payload", choices=("png", "json"), default="png")
+    parser.add_argument("--payload", choices=("png", "json", "photo"), default="png")
     parser.add_argument("--images", type=int, default=1000, help="distinct test images (1000)")
     parser.add_argument("--data-dir", help="where MNIST is (default: the usual search)")
+    parser.add_argument("--photos", metavar="DIR", help="the labelled folder --payload photo uses")
+    parser.add_argument("--write-wrk", metavar="DIR", help="write a wrk script there, and stop")
     args = parser.parse_args()
 
-    bodies, labels = payloads(args.payload, args.images, args.data_dir)
+    if args.payload == "photo":
+        if not args.photos:
+            parser.error("--payload photo needs --photos DIR")
+        bodies, labels = photos(args.photos)
+    else:
+        bodies, labels = payloads(args.payload, args.images, args.data_dir)
+    kind = "json" if args.payload == "json" else "png"
+    if args.write_wrk:
+        write_wrk(args.write_wrk, kind, bodies)
+        return
     server, url = start_server(args.start, args.server_args) if args.start else (None, args.url)
     try:
-        results, seconds = run(drive(url, args.payload, args.concurrency, args.duration,
-                                             args.requests, bodies, labels))  # fmt: skip
+        results, seconds = run(drive(url, kind, args.concurrency, args.duration,
+                                     args.requests, bodies, labels))  # fmt: skip
     finally:
         if server:
             server.terminate()
@@ -166,7 +226,8 @@ def main() -> None:
     latency = np.array([r[0] for r in results]) * 1000
     errors = sum(r[1] != 200 for r in results)
     wrong = sum(r[1] == 200 and not r[2] for r in results)
-    print(f"{len(results)} requests ({args.payload}) from {args.concurrency} clients in "
+    print(f"{len(results)} requests ({args.payload}, {len(bodies)} distinct) from "
+          f"{args.concurrency} clients in "
           f"{seconds:.1f} s, {os.cpu_count()} CPUs shared by server and clients")  # fmt: skip
     print(f"requests/s {len(results) / seconds:,.0f}  p50 {np.percentile(latency, 50):.1f} ms  "
           f"p99 {np.percentile(latency, 99):.1f} ms  max {latency.max():.1f} ms  "

@@ -22,7 +22,7 @@ class Server:
         self.log = log
         cmd = [sys.executable, "-m", "mnist_cnn", "serve", target, "--port", "0", *options]
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"))
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # starting exports the model to ONNX and checks it
         while time.monotonic() < deadline:
             found = re.search(r"on http://127\.0\.0\.1:(\d+)", log.read_text())
             if found:

@@ -138,5 +138,6 @@ def test_pixel_limit_refuses_before_decoding(tmp_path):
     Image.new("L", (3000, 2000), 255).save(path)
     with pytest.raises(ImageError, match="over the limit of 5,000,000 pixels"):
         load_image(path, max_pixels=5_000_000)
-    # allowed, and box-reduced by 2 on the way in: a 20-pixel digit needs no more
-    assert load_image(path, max_pixels=6_000_000).shape == (1000, 1500)
+    # allowed, and box-reduced by 12 on the way in (to REDUCED_SIDE, 256): a 20-pixel digit
+    # needs no more
+    assert load_image(path, max_pixels=6_000_000).shape == (167, 250)

@@ -197,11 +197,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wait up to MS ms for concurrent requests to batch (2)")  # fmt: skip
     v.add_argument("--max-batch", type=int, default=64, metavar="N",
                    help="most images in one forward pass (64)")  # fmt: skip
-    v.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="processes serving requests, each with the model (1)")  # fmt: skip
+    v.add_argument("--workers", type=int, metavar="N",
+                   help="processes serving, each with the model (one per core)")  # fmt: skip
     v.add_argument("--threads", type=int, metavar="N",
                    help="threads for the model (default: the runtime's choice)")  # fmt: skip
     v.add_argument("--device", choices=DEVICES, default="cpu")
+    v.add_argument("--runtime", choices=("auto", "onnxruntime", "pytorch"), default="auto",
+                   help="auto (default): a run directory on ONNX Runtime, exported in memory "
+                   "and checked at start, when it is installed")  # fmt: skip
+    v.add_argument("--allowed-hosts", metavar="NAMES",
+                   help="comma-separated names the Host header may carry, '*' for any "
+                   "(default: localhost,127.0.0.1,::1 on loopback, else any)")  # fmt: skip
+    v.add_argument("--max-connections", type=int, metavar="N",
+                   help="open connections at most; more get 503 (default: from the "
+                   "open-file limit)")  # fmt: skip
+    v.add_argument("--max-header", type=int, default=32, metavar="KB",
+                   help="largest request line and headers; more get 431 (32)")  # fmt: skip
+    v.add_argument("--header-timeout", type=float, default=10, metavar="S",
+                   help="seconds for the request line and headers, else 408 (10)")  # fmt: skip
+    v.add_argument("--body-timeout", type=float, default=10, metavar="S",
+                   help="seconds a request body may stall, else 408 (10)")  # fmt: skip
     v.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("summary", help="each layer's shape, parameters, mult-adds, receptive field")
@@ -443,7 +458,7 @@ def cmd_predict(args) -> int:
 def cmd_serve(args) -> int:
     from .device import select_device
 
-    for name, low in (("port", 0), ("max_pixels", 1), ("max_batch", 1)):
+    for name, low in (("port", 0), ("max_pixels", 1), ("max_batch", 1), ("max_header", 1)):
         if getattr(args, name) < low:
             raise MnistCnnError(f"--{name.replace('_', '-')} must be at least {low}")
     if not 0.001 <= args.max_body <= 1024:  # also refuses nan and inf
@@ -461,13 +476,25 @@ def cmd_serve(args) -> int:
         ) from None
     if args.threads is not None and args.threads < 1:
         raise MnistCnnError("--threads must be at least 1")
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise MnistCnnError("--workers must be at least 1")
+    if args.max_connections is not None and args.max_connections < 1:
+        raise MnistCnnError("--max-connections must be at least 1")
+    for name in ("header_timeout", "body_timeout"):
+        if not 0.1 <= getattr(args, name) <= 3600:  # also refuses nan and inf
+            raise MnistCnnError(f"--{name.replace('_', '-')} must be between 0.1 and 3600 s")
+    hosts = None
+    if args.allowed_hosts is not None:
+        hosts = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
+        if not hosts:
+            raise MnistCnnError("--allowed-hosts needs at least one name (or '*')")
     device = "cpu" if args.run.endswith(".onnx") else select_device(args.device)
     serve(args.run, host=args.host, port=args.port, workers=args.workers, device=device,
           threads=args.threads, max_body=int(args.max_body * 1024 * 1024),
           max_pixels=args.max_pixels, batch_wait=args.batch_wait / 1000,
-          max_batch=args.max_batch)  # fmt: skip
+          max_batch=args.max_batch, runtime=args.runtime, allowed_hosts=hosts,
+          max_connections=args.max_connections, max_header_bytes=args.max_header * 1024,
+          header_timeout=args.header_timeout, body_timeout=args.body_timeout)  # fmt: skip
     return 0
 
 

@@ -16,20 +16,22 @@ METADATA_KEYS = ("architecture", "dataset", "classes", "mean", "std", "test_accu
 class OnnxModel:
     """An exported CustomCNN: normalized float32 (N, 1, 28, 28) in, logits (N, classes) out."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike | bytes, threads: int | None = None):
+        """``path``: an .onnx file, or the bytes of one (a model exported in memory)."""
         try:
             import onnxruntime as ort
         except ImportError:
             raise MnistCnnError(
                 "running .onnx models needs ONNX Runtime: pip install onnxruntime"
             ) from None
-        self.path = Path(path)
+        in_memory = isinstance(path, bytes)
+        self.path = Path("<in memory>" if in_memory else path)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(
-                str(self.path), options, providers=["CPUExecutionProvider"]
+                path if in_memory else str(self.path), options, providers=["CPUExecutionProvider"]
             )
         except Exception as e:  # ORT raises its own exception types for unreadable models
             raise MnistCnnError(f"{self.path}: not a loadable ONNX model ({e})") from None

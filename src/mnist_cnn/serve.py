@@ -4,7 +4,11 @@
 is preprocessed (large ones in a small thread pool, so they never stall the others), then
 queued for the model; one task takes whatever is queued (waiting up to ``batch_wait`` for
 more while requests are still arriving) and runs it as one forward pass, so a busy server
-answers many images per pass. ``workers`` > 1 runs that many such processes on one socket.
+answers many images per pass. ``workers`` processes (one per core by default) share one socket.
+
+Hostile clients are met in three places: connections.py (header size, read timeouts, the
+connection limit), :class:`Guard` (Host header, body size, log lines) and preprocessing's
+``load_image`` (image formats, pixel limits). serve_model.py refuses a broken model at start.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 
@@ -31,9 +36,26 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from . import serve_model
+from .connections import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_HEADER_BYTES,
+    Limits,
+    ServiceConfig,
+    default_max_connections,
+)
 from .errors import MnistCnnError
-from .predict import Predictor
-from .preprocessing import SIZE, ImageError, Preprocessed, load_image, to_mnist
+from .metrics import MULTIPROCESS_DIR, Metrics
+from .preprocessing import (
+    SIZE,
+    ImageError,
+    Preprocessed,
+    UnsupportedImage,
+    load_image,
+    open_image,
+    to_mnist,
+)
 
 log = logging.getLogger("mnist_cnn.serve")
 
@@ -42,6 +64,10 @@ DEFAULT_MAX_PIXELS = 16_000_000  # a 16-megapixel phone photo; larger uploads ar
 DEFAULT_BATCH_WAIT = 0.002  # seconds to wait for more requests while others are arriving
 DEFAULT_MAX_BATCH = 64
 INLINE_PIXELS = 128 * 128  # images this small are decoded and preprocessed on the event loop
+DRAIN_BYTES = 64 * 1024 * 1024  # a refused body is read and dropped up to this size ...
+DRAIN_SECONDS = 10.0  # ... and for at most this long, so that every client reads the 413
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")  # the default --allowed-hosts on loopback
+ACCEPTED = "PNG, JPEG, GIF, BMP, WebP or TIFF"
 
 
 # What /v1/predict and /v1/features take, for the OpenAPI docs (they read the body themselves,
@@ -114,6 +140,11 @@ def model_info(predictor) -> ModelInfo:
                      runtime, float(model.mean), float(model.std))  # fmt: skip
 
 
+def _model_labels(info: ModelInfo) -> dict[str, str]:
+    return {"architecture": info.architecture, "dataset": info.dataset, "runtime": info.runtime,
+            "classes": str(len(info.classes))}  # fmt: skip
+
+
 def _float_or_none(value) -> float | None:
     try:
         return float(value)
@@ -125,8 +156,9 @@ class Batcher:
     """Runs queued single images through the model together, one forward pass per batch."""
 
     def __init__(self, predictor, max_batch: int = DEFAULT_MAX_BATCH,
-                 wait: float = DEFAULT_BATCH_WAIT):  # fmt: skip
+                 wait: float = DEFAULT_BATCH_WAIT, on_batch=lambda size: None):  # fmt: skip
         self.predictor, self.max_batch, self.wait = predictor, max_batch, wait
+        self.on_batch = on_batch  # told each batch's size
         self.queue: asyncio.Queue = asyncio.Queue()
         self.pending = 0  # requests whose body is in, still being preprocessed: about to queue
         self._task: asyncio.Task | None = None
@@ -178,6 +210,7 @@ class Batcher:
             if not batch:
                 continue
             images = np.stack([image for image, _ in batch])
+            self.on_batch(len(batch))
             try:
                 # On the event loop, not in a thread: a thread would fight the loop for the GIL
                 # between every layer (measured: a third less throughput, twice the p99), and
@@ -195,16 +228,16 @@ class Batcher:
 
 def open_upload(data: bytes):
     """An upload opened as an image, only its header read yet (so its size is known): 415 if
-    it is no image format at all."""
+    it is not in one of the accepted formats, which is known before anything is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise ApiError(422, "the uploaded file is empty")
     try:
-        return Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
+        return open_image(io.BytesIO(data))
+    except (UnidentifiedImageError, UnsupportedImage):
         raise ApiError(
-            415, "the upload is not an image (send PNG, JPEG, GIF, BMP, WebP...)"
+            415, f"the upload is not an image in an accepted format ({ACCEPTED})"
         ) from None
     except Image.DecompressionBombError:
         raise ApiError(422, "the image has too many pixels") from None
@@ -248,10 +281,17 @@ def parse_pixels(payload) -> np.ndarray:
 
 def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
                max_pixels: int = DEFAULT_MAX_PIXELS, batch_wait: float = DEFAULT_BATCH_WAIT,
-               max_batch: int = DEFAULT_MAX_BATCH, preprocess_threads: int = 2):  # fmt: skip
-    """The FastAPI application serving ``predictor`` (a :class:`~mnist_cnn.Predictor`)."""
+               max_batch: int = DEFAULT_MAX_BATCH, preprocess_threads: int = 2,
+               allowed_hosts: list[str] | None = None):  # fmt: skip
+    """The FastAPI application serving ``predictor`` (a :class:`~mnist_cnn.Predictor`).
+
+    ``allowed_hosts``: the names the Host header may carry (``*.example.org`` for a domain's
+    subdomains); None or ``["*"]`` accepts any.
+    """
     info = model_info(predictor)
-    batcher = Batcher(predictor, max_batch=max_batch, wait=batch_wait)
+    metrics = Metrics(_model_labels(info))
+    batcher = Batcher(predictor, max_batch=max_batch, wait=batch_wait,
+                      on_batch=metrics.batch_size.observe)  # fmt: skip
     workers = ThreadPoolExecutor(preprocess_threads, thread_name_prefix="preprocess")
     static = resources.files("mnist_cnn") / "static"
 
@@ -273,7 +313,8 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
 
     @app.exception_handler(ClientDisconnect)
     async def gone(request, exc):  # nobody is listening; the log says 499, as nginx does
-        request.state.result = "client disconnected"
+        if not getattr(request.state, "result", None):  # a read timeout may have said more
+            request.state.result = "client disconnected"
         return Response(status_code=499)
 
     @app.exception_handler(Exception)
@@ -310,7 +351,14 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
             return JSONResponse({"status": "model worker stopped"}, status_code=503)
         return {"status": "ok"}
 
-    features = info.runtime == "pytorch"  # an .onnx file exposes only its output
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics():
+        """Prometheus' text format: what monitoring tools scrape."""
+        body, kind = metrics.exposition()
+        return Response(body, media_type=kind)
+
+    torch_model = serve_model.torch_model(predictor)
+    features = torch_model is not None  # an .onnx file exposes only its output
 
     @app.api_route("/v1/model", methods=["GET", "HEAD"])
     async def model() -> dict:
@@ -332,7 +380,7 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
         from .evaluation import normalize
 
         name, pre = await _read_input(request)
-        net = predictor.model
+        net = torch_model
         device = next(net.model.parameters()).device
         x = normalize(torch.from_numpy(pre.image[None]).to(device), net.mean, net.std)
         return JSONResponse({"file": name, "stages": feature_panel(net.model, x)})
@@ -380,16 +428,14 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
         ``arrived()`` is called once the body has been received, before preprocessing."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
+            form = await _read_form(request, max_body)
             try:
-                form = await request.form(max_files=1, max_fields=10, max_part_size=max_body)
-            except ClientDisconnect:
-                raise
-            except Exception as e:  # malformed multipart, too many parts
-                raise ApiError(422, f"malformed multipart body ({_detail(e)})") from None
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise ApiError(422, 'send the image as the multipart field "file"')
-            data = await upload.read()
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise ApiError(422, 'send the image as the multipart field "file"')
+                data = await upload.read()
+            finally:
+                await form.close()
             arrived()
             img = open_upload(data)
             small = img.width * img.height <= INLINE_PIXELS
@@ -413,7 +459,27 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
             + (f", not {kind}" if kind else ""),
         )
 
-    return Guard(app, max_body)
+    return Guard(app, max_body, allowed_hosts, metrics)
+
+
+async def _read_form(request: Request, max_body: int):
+    """The multipart form, its files kept in memory (the body is at most ``max_body``): no
+    temporary file is ever written, so none can be left behind by a client that stalls or
+    hangs up."""
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    async with aclosing(request.stream()) as stream:
+        parser = MultiPartParser(request.headers, stream, max_files=1, max_fields=10,
+                                 max_part_size=max_body)  # fmt: skip
+        parser.spool_max_size = max_body + 1  # never rolls over to a file on disk
+        try:
+            return await parser.parse()
+        except ClientDisconnect:
+            raise
+        except MultiPartException as e:  # too many parts, a part too large
+            raise ApiError(422, f"malformed multipart body ({e.message})") from None
+        except Exception as e:  # python-multipart's own complaints about a malformed body
+            raise ApiError(422, f"malformed multipart body ({_detail(e)})") from None
 
 
 def _decode_and_preprocess(img, max_pixels: int, style: str) -> Preprocessed:
@@ -442,14 +508,21 @@ def _version() -> str:
 
 
 class Guard:
-    """ASGI middleware: the body size limit (413), a 500 for any failure, one log line each.
+    """ASGI middleware: the Host check (400), the body size limit (413), a 500 for any failure,
+    the metrics, one log line each.
 
-    Sits outside FastAPI so that an oversized body is refused before anything reads it, and
-    counts what arrives, since a chunked upload carries no Content-Length.
+    Sits outside FastAPI so that a request is refused before anything reads it, and counts
+    what arrives, since a chunked upload carries no Content-Length. A refused body is drained
+    (up to DRAIN_BYTES, for DRAIN_SECONDS) before the 413 goes out: clients that send their
+    whole body before reading the answer (Python's urllib) would otherwise see the connection
+    reset instead of the 413.
     """
 
-    def __init__(self, app, max_body: int):
-        self.app, self.max_body = app, max_body
+    def __init__(self, app, max_body: int, allowed_hosts: list[str] | None = None,
+                 metrics: Metrics | None = None):  # fmt: skip
+        self.app, self.max_body, self.metrics = app, max_body, metrics
+        hosts = [_host_name(h) for h in allowed_hosts or ["*"]]
+        self.allowed_hosts = None if "*" in hosts else hosts
 
     def __getattr__(self, name):  # app.state, app.openapi() ... for whoever holds the app
         return getattr(self.app, name)
@@ -458,8 +531,14 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        status = {"code": 0, "refused": False}
+        status = {"code": 0, "refused": False, "recorded": False}
         scope.setdefault("state", {})
+
+        def record():  # once, before the answer's last bytes: whoever reads it finds it logged
+            if not status["recorded"]:
+                status["recorded"] = True
+                self._record(scope, status["code"], time.perf_counter() - start)
+
         limit = f"{self.max_body / 1024 / 1024:g} MB"
 
         async def send_and_note(message):
@@ -467,10 +546,15 @@ class Guard:
                 return
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+            elif not message.get("more_body"):
+                record()
             await send(message)
 
-        async def refuse():
-            await _send_json(send_and_note, 413, {"error": f"the body is over {limit}"})
+        async def refuse(drain: bool):
+            if drain:  # what the client is still sending, so that it reads the answer
+                await _drain(scope, receive)
+            await _send_json(send_and_note, 413, {"error": f"the body is over {limit}"},
+                             close=True)  # fmt: skip
             status["refused"] = True
 
         try:
@@ -487,26 +571,83 @@ class Guard:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body and not status["code"]:
-                    await refuse()  # a chunked upload, which had no Content-Length to check
+                    # a chunked upload, which had no Content-Length to check
+                    await refuse(drain=message.get("more_body", False))
                     return {"type": "http.disconnect"}
             return message
 
+        if self.metrics:
+            self.metrics.in_flight.inc()
         try:
-            if length > self.max_body:
-                await refuse()
+            host = _header(scope, b"host") or ""
+            if not self._allowed(host):
+                scope["state"]["result"] = f"Host {_printable(host)} refused"
+                await _send_json(send_and_note, 400, {"error": f"the Host header ({host[:100]}) "
+                                 "is not one this service answers (--allowed-hosts)"})  # fmt: skip
+            elif length > self.max_body:
+                await refuse(drain=length <= DRAIN_BYTES)
             else:
                 await self.app(scope, limited_receive, send_and_note)
         except Exception as e:  # an answer, never a dead server
             # FastAPI's own handler has answered (and logged) the app's failures; this is for
             # what fails before or around it
             if not status["refused"] and not status["code"]:
-                log.exception("error on %s %s", scope.get("method"), scope.get("path"))
+                log.exception("error on %s %s", scope.get("method"), _printable(scope.get("path")))
                 await _send_json(send_and_note, 500, {"error": f"internal error ({e})"})
+        finally:
+            if self.metrics:
+                self.metrics.in_flight.dec()
+        record()  # for a request that got no answer (the client left)
+
+    def _allowed(self, host: str) -> bool:
+        if self.allowed_hosts is None:
+            return True
+        name = _host_name(host)
+        return any(name == a or (a.startswith("*.") and name.endswith(a[1:]))
+                   for a in self.allowed_hosts)  # fmt: skip
+
+    def _record(self, scope, code: int, seconds: float) -> None:
+        """The request's log line (its path escaped: it is the client's text) and metrics."""
         client = scope.get("client") or ("-", 0)
-        ms = (time.perf_counter() - start) * 1000
         result = scope["state"].get("result", "")
-        log.info('%s "%s %s" %d %.1f ms %s', client[0], scope.get("method"), scope.get("path"),
-                 status["code"], ms, result)  # fmt: skip
+        log.info('%s "%s %s" %d %.1f ms %s', client[0], scope.get("method"),
+                 _printable(scope.get("path")), code, seconds * 1000, result)  # fmt: skip
+        if self.metrics:
+            route = getattr(scope.get("route"), "path", None) or "other"  # bounded label values
+            method = scope.get("method", "")
+            method = method if method in ("GET", "HEAD", "POST") else "other"
+            self.metrics.requests.labels(route, method, str(code)).inc()
+            self.metrics.latency.labels(route).observe(seconds)
+
+
+async def _drain(scope, receive) -> None:
+    """Read and drop the rest of a refused body, within DRAIN_BYTES and DRAIN_SECONDS."""
+    if (_header(scope, b"expect") or "").lower() == "100-continue":
+        return  # the client sends nothing until told to, and will read the answer
+    loop = asyncio.get_running_loop()
+    deadline, drained = loop.time() + DRAIN_SECONDS, 0
+    while drained <= DRAIN_BYTES:
+        try:
+            message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+        except (TimeoutError, asyncio.TimeoutError):  # two classes before Python 3.11
+            return
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
+        drained += len(message.get("body", b""))
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header (or an --allowed-hosts entry): lower case, no port."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _printable(text) -> str:
+    """Client-supplied text as it may appear in a log line: control characters, quotes and
+    backslashes escaped, so that no client can start or forge a line."""
+    return json.dumps(str(text))[1:-1]
 
 
 def _header(scope, name: bytes) -> str | None:
@@ -516,9 +657,11 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
-async def _send_json(send, status: int, body: dict) -> None:
+async def _send_json(send, status: int, body: dict, close: bool = False) -> None:
     data = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    if close:  # what is left of the request is not read: the connection cannot be reused
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
 
@@ -553,42 +696,80 @@ def app_from_environment():
     """The app factory each worker process of ``serve(..., workers=N)`` calls."""
     _configure_logging()  # a fresh process: the parent's logging setup is not inherited
     spec = json.loads(os.environ[_SPEC])
-    predictor = Predictor.from_run(spec["run"], spec["device"], spec["threads"])
+    predictor = serve_model.load(spec["run"], device=spec["device"], threads=spec["threads"],
+                                 runtime=spec["runtime"], onnx=spec["onnx"])  # fmt: skip
     return create_app(predictor, **spec["options"])
 
 
-def serve(run: str, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          device: str = "cpu", threads: int | None = None, **options) -> None:  # fmt: skip
+def serve(run: str, *, host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
+          device: str = "cpu", threads: int | None = None, runtime: str = "auto",
+          allowed_hosts: list[str] | None = None, max_connections: int | None = None,
+          max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+          header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+          body_timeout: float = DEFAULT_BODY_TIMEOUT, **options) -> None:  # fmt: skip
     """Serve ``run`` until interrupted (Ctrl-C or SIGTERM).
 
-    With ``workers`` > 1, that many processes share the listening socket, each with its own
-    copy of the model and its own micro-batcher: Python's per-request work then runs on
-    every core.
+    ``workers`` processes (default: one per core, or one on a GPU) share the listening socket,
+    each with its own copy of the model and its own micro-batcher: Python's per-request work
+    then runs on every core. ``allowed_hosts`` defaults to the loopback names when ``host`` is
+    a loopback address (a web page elsewhere cannot reach the service through DNS rebinding),
+    else any.
+    ``max_connections`` defaults to what the open-file limit allows.
     """
     import uvicorn
 
     _configure_logging()
+    if not workers:  # one per core on the CPU; one process owns a GPU and batches for it
+        workers = serve_model.default_workers() if str(device) == "cpu" else 1
     if workers > 1 and threads is None:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-    predictor = Predictor.from_run(run, device, threads)  # fails here, once, if RUN is unusable
+        threads = max(1, serve_model.default_workers() // workers)
+    # fails here, once, with one line, if RUN is unusable
+    predictor = serve_model.load(run, device=device, threads=threads, runtime=runtime)
     info = model_info(predictor)
+    if allowed_hosts is None:
+        allowed_hosts = list(LOOPBACK_HOSTS) if _is_loopback(host) else ["*"]
+    options["allowed_hosts"] = allowed_hosts
+    limits = Limits(max_connections or default_max_connections(), max_header_bytes,
+                    header_timeout, body_timeout)  # fmt: skip
     sock = bind(host, port)
     shown = f"[{host}]" if ":" in host else host
     log.info("serving %s (%s, %d worker%s) on http://%s:%d  (API docs: /docs)", info.dataset,
              info.runtime, workers, "s" * (workers > 1), shown, sock.getsockname()[1])  # fmt: skip
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    log.info("limits: %d connections, %g MB bodies, %d KB headers, %gs header and %gs body "
+             "timeouts; Host: %s", limits.max_connections, options.get("max_body", DEFAULT_MAX_BODY)
+             / 1024 / 1024, max_header_bytes // 1024, header_timeout, body_timeout,
+             " ".join(allowed_hosts))  # fmt: skip
+    if not _is_loopback(host):
         log.warning("listening on %s: other machines can reach this service", host)
     quiet = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 5}
     if workers == 1:
         app = create_app(predictor, **options)
-        uvicorn.Server(uvicorn.Config(app, lifespan="on", **quiet)).run(sockets=[sock])
+        config = ServiceConfig(app, limits=limits, lifespan="on", **quiet)
+        uvicorn.Server(config).run(sockets=[sock])
         return
-    del predictor
-    os.environ[_SPEC] = json.dumps(
-        {"run": str(run), "device": str(device), "threads": threads, "options": options}
-    )
-    config = uvicorn.Config("mnist_cnn.serve:app_from_environment", factory=True,
-                            workers=workers, lifespan="on", **quiet)  # fmt: skip
     from uvicorn.supervisors import Multiprocess
 
-    Multiprocess(config, sockets=[sock]).run()
+    with tempfile.TemporaryDirectory(prefix="mnist-cnn-serve-") as shared:
+        onnx = None
+        if isinstance(predictor.model, serve_model.ExportedRun):  # exported and checked once,
+            onnx = os.path.join(shared, "model.onnx")  # here, for every worker to load
+            with open(onnx, "wb") as f:
+                f.write(predictor.model.onnx_bytes)
+        os.environ[MULTIPROCESS_DIR] = os.path.join(shared, "metrics")  # shared /metrics
+        os.mkdir(os.environ[MULTIPROCESS_DIR])
+        del predictor
+        os.environ[_SPEC] = json.dumps({"run": str(run), "device": str(device),
+                                        "threads": threads, "runtime": runtime, "onnx": onnx,
+                                        "options": options})  # fmt: skip
+        config = ServiceConfig("mnist_cnn.serve:app_from_environment", limits=limits,
+                               factory=True, workers=workers, lifespan="on", **quiet)  # fmt: skip
+        Multiprocess(config, sockets=[sock]).run()
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
