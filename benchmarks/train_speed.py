@@ -1,13 +1,15 @@
-"""Training speed of the reference recipe (batch 100, Adam 1e-3): three pipelines in one run.
+"""Training speed of the reference recipe (batch 100, Adam 1e-3): the pipelines side by side.
 
 - naive: what torchvision's MNIST + DataLoader does, a per-sample Dataset building a PIL image
   per item, converted and normalized one by one; the seed's Conv-ReLU-Pool order, NCHW, Adam.
 - tensors: the whole training set in one uint8 tensor, normalized per batch; otherwise as naive.
 - mnist-cnn: what `mnist-cnn train` runs: tensors, channels_last, pooling before ReLU (exact),
-  fused Adam (the same update in one kernel), set_to_none gradients.
+  fused Adam (the same update in one kernel), set_to_none gradients; once per --precision
+  (fp32, and bf16 autocast: what `--precision auto` picks on CPUs with AMX or AVX-512 BF16).
 
 They alternate --repeats times over the first --images training images; medians are compared.
-The floor is the epoch's FLOPs at the speed of a large fp32 matrix multiply on this machine.
+Each precision's floor is the epoch's FLOPs at the speed of a large matrix multiply in that
+precision on this machine (fp32 x fp32, bf16 x bf16, measured the same way).
 
     MNIST_CNN_DATA=../shared/data python benchmarks/train_speed.py [--images 6000] [--repeats 3]
 """
@@ -15,8 +17,10 @@ The floor is the epoch's FLOPs at the speed of a large fp32 matrix multiply on t
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -29,10 +33,13 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from mnist_cnn import CustomCNN, TrainConfig, load_dataset, train
+from mnist_cnn.device import cpu_bf16_features, resolve_precision
 
 # multiply-adds of one forward pass per image, from the layer shapes (conv: H*W*Cout*Cin*9)
 FORWARD_MACS = 28 * 28 * 32 * 9 + 14 * 14 * 64 * 32 * 9 + 7 * 7 * 128 * 64 * 9 + 2048 * 625 + 6250
 TRAIN_FLOPS_PER_IMAGE = 3 * 2 * FORWARD_MACS  # forward + backward (input and weight gradients)
+FLOATS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MATMUL = 2048  # the floor's matrix size
 
 
 class PilMnist(TorchDataset):
@@ -83,13 +90,14 @@ def tensor_batches(data, n, batch_size):
     return batches
 
 
-def ours_epoch(data_dir, n: int, batch_size: int, out: str) -> float:
-    config = TrainConfig(data_dir=data_dir, epochs=1, batch_size=batch_size, limit_train=n, out=out)
+def ours_epoch(data_dir, n: int, batch_size: int, out: str, precision: str = "fp32") -> float:
+    config = TrainConfig(data_dir=data_dir, epochs=1, batch_size=batch_size, limit_train=n, out=out,
+                         precision=precision)  # fmt: skip
     return train(config).final["epoch_seconds"]
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_gflops(size: int = MATMUL, repeats: int = 5, dtype=torch.float32) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
     times = []
     for _ in range(repeats):
@@ -97,6 +105,11 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
         a @ b
         times.append(time.perf_counter() - start)
     return 2 * size**3 / min(times) / 1e9
+
+
+def floor_seconds(images: int, gflops: float | None) -> float:
+    """An epoch's FLOPs at the speed of the matmul (nan where that precision was not timed)."""
+    return images * TRAIN_FLOPS_PER_IMAGE / (gflops * 1e9) if gflops else float("nan")
 
 
 def cpu_name() -> str:
@@ -116,6 +129,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (naive)")
     parser.add_argument("--data-dir")
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=FLOATS,
+                        help="mnist-cnn's precisions to time (default both)")  # fmt: skip
     args = parser.parse_args()
 
     data = load_dataset("mnist", args.data_dir)
@@ -128,32 +143,48 @@ def main() -> None:
             tensor_batches(data, n, args.batch_size)
         ),
     }
+    out = tempfile.mkdtemp(prefix="train_speed-")
+    for precision in args.precision:  # the same pipeline, alternating with the others
+        runs[f"mnist-cnn {precision}"] = functools.partial(
+            ours_epoch, args.data_dir, n, args.batch_size, out, precision
+        )
+        ours_epoch(args.data_dir, min(n, 1000), args.batch_size, out, precision)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in runs}
-    times["mnist-cnn"] = []
-    with tempfile.TemporaryDirectory() as out:
-        ours_epoch(args.data_dir, min(n, 1000), args.batch_size, out)  # warm-up
-        for _ in range(args.repeats):
-            for name, run in runs.items():
-                times[name].append(run())
-            times["mnist-cnn"].append(ours_epoch(args.data_dir, n, args.batch_size, out))
-    gflops = matmul_gflops()
-    full = len(data.train_images)
-    floor = full * TRAIN_FLOPS_PER_IMAGE / (gflops * 1e9)
+    gflops = dict.fromkeys(args.precision, 0.0)
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            times[name].append(run())
+        for p in gflops:  # the best of every repeat: the machine's speed when it is least busy
+            gflops[p] = max(gflops[p], matmul_gflops(dtype=FLOATS[p]))
+    shutil.rmtree(out)
+    report(times, n, len(data.train_images), gflops, args)
 
+
+def report(times: dict[str, list[float]], n: int, full: int, gflops: dict, args) -> None:
     isa = torch.backends.cpu.get_cpu_capability()
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs ({isa}), torch {torch.__version__}, "
+    features = ", ".join(cpu_bf16_features()) or "none"
+    auto = resolve_precision("auto", torch.device("cpu"))[0]
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs ({isa}; bf16 instructions: {features}; "
+          f"--precision auto picks {auto}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
-    print(f"{n} images per timed pass, batch {args.batch_size}, {args.repeats} repeats, medians")
-    print(f"{'pipeline':<36} {'images/s':>9} {'s/epoch (60k)':>14} {'vs naive':>9}")
+    print(f"{n} images per timed pass, batch {args.batch_size}, {args.repeats} repeats, "
+          "medians [min-max]")  # fmt: skip
+    print(f"{'pipeline':<36} {'images/s':>16} {'s/epoch (60k)':>18} {'vs naive':>9} "
+          f"{'vs floor':>9}")  # fmt: skip
     naive = statistics.median(times["naive (PIL Dataset + DataLoader)"])
     for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"{name:<36} {n / med:>9,.0f} {med * full / n:>14.1f} {naive / med:>8.2f}x")
-    ours = statistics.median(times["mnist-cnn"]) * full / n
-    print(
-        f"floor: {full * TRAIN_FLOPS_PER_IMAGE / 1e12:.2f} TFLOP per epoch at {gflops:.0f} GFLOP/s "
-        f"(fp32 matmul here) = {floor:.1f} s; mnist-cnn is {ours / floor:.1f}x the floor"
-    )
+        med, lo, hi = statistics.median(ts), min(ts), max(ts)
+        rate = f"{n / med:,.0f} [{n / hi:,.0f}-{n / lo:,.0f}]"
+        epoch = f"{med * full / n:.1f} [{lo * full / n:.1f}-{hi * full / n:.1f}]"
+        precision = name.split()[-1] if name.startswith("mnist-cnn") else "fp32"
+        vs_floor = med * full / n / floor_seconds(full, gflops.get(precision))
+        print(f"{name:<36} {rate:>16} {epoch:>18} {naive / med:>8.2f}x {vs_floor:>8.1f}x")
+    for precision, rate in gflops.items():
+        print(
+            f"{precision} floor: {full * TRAIN_FLOPS_PER_IMAGE / 1e12:.2f} TFLOP per epoch at "
+            f"{rate:.0f} GFLOP/s ({precision} {MATMUL}x{MATMUL} matmul here) = "
+            f"{floor_seconds(full, rate):.1f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="fp32 (default) or bf16 autocast (GPUs, CPUs with bf16 instructions)",
+        help="fp32 (the reference recipe's), bf16 autocast, or auto (fast and best's): bf16 "
+        "where the device computes it natively (CUDA with bf16, CPUs with AMX or AVX-512 BF16)",
     )
     t.add_argument(
         "--compile",

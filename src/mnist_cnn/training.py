@@ -33,7 +33,13 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .datasets import Dataset, load_dataset
-from .device import DEVICES, configure_determinism, seed_everything, select_device
+from .device import (
+    DEVICES,
+    configure_determinism,
+    resolve_precision,
+    seed_everything,
+    select_device,
+)
 from .errors import MnistCnnError
 from .evaluation import evaluate
 from .files import atomic_write_json, remove_stale_temp_files
@@ -57,7 +63,7 @@ class TrainConfig:
     schedule: str = "constant"  # or "onecycle": warm up to lr, then anneal towards 0
     label_smoothing: float = 0.0
     augment: bool = False  # random shifts, rotations and scaling of every batch
-    precision: str = "fp32"  # or "bf16": autocast (GPUs; CPUs with bf16 instructions)
+    precision: str = "fp32"  # "bf16": autocast; "auto": bf16 where the device computes it natively
     compile: bool = False  # torch.compile the training step's model (pays off on GPUs)
     seed: int = 777  # model init, dropout, shuffling, augmentation and the validation split
     device: str = "auto"
@@ -211,6 +217,7 @@ def _run_config(config, data, splits, model, device, history, started) -> dict:
         },
         "training": asdict(config),
         "device": str(device),
+        "precision": resolve_precision(config.precision, device)[0],  # what "auto" became
         "versions": library_versions(),
         "created": started,
         "epochs_completed": len(history),
@@ -320,6 +327,8 @@ def _train(config, resume, saved, device, ranks, log, progress, lock) -> TrainRe
         per = config.batch_size // ranks.world_size
         log(f"distributed: {ranks.world_size} processes ({ranks.backend}), a global batch of "
             f"{config.batch_size} = {per} images per process per step")  # fmt: skip
+    precision, why = resolve_precision(config.precision, device)
+    log(f"precision: {precision} ({why}); weights, evaluation and checkpoints in fp32")
     if len(history) >= config.epochs:
         log(f"{run_dir} has already completed {len(history)} of {config.epochs} epochs")
     step_model = model
@@ -446,7 +455,8 @@ def _train_epoch(
     device = splits.train_x.device
     n, bs = len(splits.train_x), config.batch_size
     order = epoch_permutation(n, config.seed, epoch).to(device)
-    autocast = torch.autocast(device.type, torch.bfloat16, enabled=config.precision == "bf16")
+    bf16 = resolve_precision(config.precision, device)[0] == "bf16"
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=bf16)  # weights stay fp32
     model.train()
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     steps = math.ceil(n / bs)
