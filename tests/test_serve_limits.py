@@ -384,5 +384,7 @@ def test_large_photos_are_decoded_small_with_the_same_result(tmp_path):
     full = ImageOps.exif_transpose(Image.open(io.BytesIO(buffer.getvalue()))).convert("L")
     full = np.asarray(full, np.float32) / 255
     a, b = to_mnist(fast).image, to_mnist(full).image
-    assert np.abs(a - b).mean() < 0.02
-    assert (a > 0.5).sum() == pytest.approx((b > 0.5).sum(), rel=0.15)
+    # the same digit, up to where centring by mass rounds it (one pixel at most)
+    shifted = [np.roll(b, (dy, dx), (0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    assert min(np.abs(a - c).mean() for c in shifted) < 0.01
+    assert (a > 0.5).sum() == pytest.approx((b > 0.5).sum(), rel=0.1)
