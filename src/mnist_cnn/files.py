@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import BinaryIO
 
 _CHUNK = 1 << 20
 
@@ -25,7 +26,7 @@ _FILE_MODE = _default_mode()  # mkstemp makes 0600 files; finished files get the
 
 def atomic_write(
     path: str | os.PathLike,
-    write: Callable[[BinaryIO], None],
+    write: Callable[[BinaryIO], object],
     check: Callable[[Path], None] | None = None,
 ) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it, rename it over ``path``.
@@ -89,7 +90,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def open_maybe_gzip(path: str | os.PathLike) -> IO[bytes]:
+def open_maybe_gzip(path: str | os.PathLike) -> io.BufferedIOBase:
     """Open a file for reading, decompressing it if it starts with the gzip magic bytes."""
     path = Path(path)
     with open(path, "rb") as f:

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import numpy as np
 from fastapi import Query, Request
@@ -365,7 +366,7 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
         if image:
             record["image"] = pre.to_uint8().tolist()
         request.state.result = f"{record['class']} {record['probability']:.3f}"
-        return JSONResponse(record)  # already plain JSON types: skip FastAPI's re-encoding
+        return JSONResponse(record)  # type: ignore[return-value]  # JSON types: not re-encoded
 
     async def offload(fn, *args, small: bool):
         """Small images inline (a thread hop costs more than the work, and contends for the
@@ -578,7 +579,7 @@ def serve(run: str, *, host: str = "127.0.0.1", port: int = 8000, workers: int =
              info.runtime, workers, "s" * (workers > 1), shown, sock.getsockname()[1])  # fmt: skip
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: other machines can reach this service", host)
-    quiet = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 5}
+    quiet: dict[str, Any] = dict(log_level="warning", access_log=False, timeout_graceful_shutdown=5)
     if workers == 1:
         app = create_app(predictor, **options)
         uvicorn.Server(uvicorn.Config(app, lifespan="on", **quiet)).run(sockets=[sock])

@@ -6,12 +6,14 @@ Adam lr 1e-3, batch 100, 15 epochs, torch.manual_seed(777).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +40,7 @@ from .evaluation import evaluate
 from .files import atomic_write_json, remove_stale_temp_files
 from .model import ARCHITECTURE, CustomCNN, ModelConfig, count_parameters
 from .recipes import PRECISIONS, RECIPES, SCHEDULES
+from .run_log import RunLog
 
 
 @dataclass
@@ -64,6 +67,7 @@ class TrainConfig:
     val_size: int = 0  # hold out this many training images (seeded) as a validation split
     eval_batch_size: int = 1000
     dropout: float = 0.5  # of layer4's units, as in the seed; 0 turns it off
+    tensorboard: bool = False  # also log to <run>/tensorboard (the tensorboard extra)
 
     @classmethod
     def from_recipe(cls, recipe: str = "reference", **overrides) -> TrainConfig:
@@ -91,6 +95,9 @@ class TrainConfig:
         for name, allowed in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise MnistCnnError(f"--{name} must be one of {', '.join(allowed)}")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise MnistCnnError("--tensorboard needs the tensorboard package: "
+                                "pip install 'mnist-cnn[tensorboard]'")  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -261,7 +268,7 @@ def _train(config, resume, saved, device, ranks, log, progress) -> TrainResult:
     model_config = ModelConfig(num_classes=data.info.num_classes, dropout=config.dropout)
     model = CustomCNN(model_config).to(device)
     if device.type in ("cpu", "cuda"):
-        model = model.to(memory_format=torch.channels_last)  # NHWC convolutions: faster on both
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # NHWC: faster on both
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, fused=device.type in ("cpu", "cuda") or None
     )
@@ -300,7 +307,7 @@ def _train(config, resume, saved, device, ranks, log, progress) -> TrainResult:
             f"{config.batch_size} = {per} images per process per step")  # fmt: skip
     if len(history) >= config.epochs:
         log(f"{run_dir} has already completed {len(history)} of {config.epochs} epochs")
-    step_model = model
+    step_model: Any = model  # or wrapped: DistributedDataParallel, torch.compile
     if ranks is not None:  # averages gradients across ranks; the weights stay ``model``'s
         from torch.nn.parallel import DistributedDataParallel
 
@@ -308,6 +315,7 @@ def _train(config, resume, saved, device, ranks, log, progress) -> TrainResult:
         step_model = DistributedDataParallel(model, device_ids=ids)
     if config.compile:
         step_model = torch.compile(step_model)  # shares the weights
+    run_log = RunLog(run_dir, tensorboard=config.tensorboard, first_epoch=len(history) + 1)
     for epoch in range(len(history), config.epochs):
         record = _train_epoch(step_model, optimizer, scheduler, splits, config, epoch, progress,
                               ranks)  # fmt: skip
@@ -325,7 +333,9 @@ def _train(config, resume, saved, device, ranks, log, progress) -> TrainResult:
         run_config = _run_config(config, data, splits, model, device, history, started)
         _on_writer(ranks, write_checkpoint, run_dir, config=run_config, history=history,
                    model=model, state=state)  # fmt: skip
+        _on_writer(ranks, run_log.epoch, record, model, optimizer.param_groups[0]["lr"])
         log(format_epoch(record, config.epochs))
+    _on_writer(ranks, run_log.finish, model, splits.test, data.info, config.eval_batch_size)
     return TrainResult(run_dir=run_dir, model=model, history=history)
 
 
@@ -483,6 +493,7 @@ def _eval_record(model, splits: _Splits, data: Dataset, config: TrainConfig, ran
             num_classes=data.info.num_classes, batch_size=config.eval_batch_size,
         ) if len(images) else None  # fmt: skip
         if ranks is None:
+            assert result is not None  # one process: never an empty split
             return result.accuracy, result.loss
         count = len(images)
         right, loss, total = distributed.all_sum(
@@ -491,7 +502,7 @@ def _eval_record(model, splits: _Splits, data: Dataset, config: TrainConfig, ran
         )  # fmt: skip
         return right / total, loss / total
 
-    record = {}
+    record: dict = {}
     if splits.val is not None:
         accuracy, loss = run(*splits.val)
         record.update(val_loss=loss, val_accuracy=accuracy)
