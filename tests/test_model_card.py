@@ -45,6 +45,7 @@ def test_the_card_carries_hub_metadata_and_the_runs_own_figures(tiny_data, tmp_p
     for r in result.history:
         assert f"| {r['epoch']} | {r['train_loss']:.4f} | {r['test_loss']:.4f} |" in card.text
     assert "Real handwriting" in card.text and "Not measured for this run" in card.text
+    assert not (run / "tensorboard").exists()  # TensorBoard is off unless asked for
 
 
 @pytest.mark.parametrize(
