@@ -40,25 +40,47 @@ def start_tensorboard(logdir: Path, log: Path) -> tuple[subprocess.Popen, str]:
 
 
 def screenshot(url: str, out: Path, width: int, height: int) -> None:
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": width, "height": height})
-        page.goto(url + "#timeseries")
-        page.wait_for_selector("canvas, svg path", timeout=60_000)  # the first chart
-        page.wait_for_selector("img[src*='individualImage'], .image-container img",
-                               timeout=60_000)  # fmt: skip
-        time.sleep(3)  # the remaining charts and images finish drawing
+        page.set_default_timeout(10_000)
+        page.goto(url + "#timeseries", wait_until="networkidle", timeout=120_000)
+        try:  # the filters' image card
+            page.wait_for_function("document.querySelector('img[src*=individualImage]')",
+                                   timeout=30_000)  # fmt: skip
+        except PlaywrightTimeout:
+            print("no image card drew in 30 s; the screenshot is taken anyway", file=sys.stderr)
+        _tidy(page, PlaywrightError)
+        page.wait_for_load_state("networkidle")
+        time.sleep(5)  # the charts finish drawing
         page.screenshot(path=str(out))
         browser.close()
+
+
+def _tidy(page, error) -> None:
+    """The settings pane closed, and the filters' and the losses' groups open. Best effort:
+    TensorBoard's page changes between releases."""
+    steps = [
+        lambda: page.get_by_role("button", name=re.compile("close", re.I)).first.click(),
+        lambda: page.get_by_text("layer1", exact=True).first.click(),  # collapsed groups
+        lambda: page.get_by_text("loss", exact=True).first.click(),
+    ]
+    for step in steps:
+        try:
+            step()
+        except error:
+            pass
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/images/tensorboard.png"))
-    parser.add_argument("--size", default="1400x1000", help="browser window, WxH")
+    parser.add_argument("--size", default="1500x1100", help="browser window, WxH")
     args = parser.parse_args()
     if not (args.run / "tensorboard").is_dir():
         raise SystemExit(f"{args.run}: no tensorboard/ folder (train with --tensorboard)")
