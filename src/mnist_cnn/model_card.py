@@ -112,8 +112,8 @@ def _about(config: dict) -> str:
         f"{len(data['classes'])} classes: {classes}. Inputs are scaled to 0..1 and normalized "
         f"with mean {data['mean']} and std {data['std']}.\n\n"
         f"Files: `{MODEL_FILE}` (the weights), `{CONFIG_FILE}` (architecture, classes, "
-        f"normalization, settings), `{METRICS_FILE}` (one line per epoch). Load it with "
-        "[mnist-cnn](https://pypi.org/project/mnist-cnn/):\n\n"
+        f"normalization, settings), `{METRICS_FILE}` (one line per epoch). Load it with the "
+        "`mnist_cnn` package that trained it:\n\n"
         "```python\nfrom mnist_cnn import Predictor, load_run\n\n"
         'predictor = Predictor.from_run("path/to/this/folder")  # people\'s images, preprocessed\n'
         'trained = load_run("path/to/this/folder")  # the torch module: trained.model\n```\n'
