@@ -2,17 +2,35 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+LOCK := requirements.lock
+LOCKED := $(VENV)/.locked
 STAMP := $(VENV)/.installed
+# Where pip finds torch's CPU build on this machine (its pip config); `make lock` looks there too.
+FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
 
-.PHONY: install train test test-avx2 lint clean
+.PHONY: install lock train test test-avx2 lint clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# Every dependency exactly as locked, each checked against its hashes.
+$(LOCKED): $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
-	touch $(STAMP)
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
+	touch $@
+
+# The project itself, editable, built by the locked setuptools; with no index, a dependency of
+# pyproject.toml (extras included) that the lock does not hold fails here instead of floating in.
+$(STAMP): $(LOCKED) pyproject.toml
+	$(PY) -m pip install --quiet --no-index --no-build-isolation -e '.[dev]' \
+	    || { echo "$(LOCK) lacks what pyproject.toml asks for: run make lock" >&2; exit 1; }
+	touch $@
+
+# Regenerate the lock from pyproject.toml (every extra the tests use) and constraints.txt. Pins
+# already in the lock are kept unless UPGRADE=1; a dependency added to pyproject.toml is resolved.
+lock: $(LOCKED)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev -c constraints.txt --generate-hashes \
+	    --python $(PY) $(if $(FIND_LINKS),--find-links $(FIND_LINKS)) $(if $(UPGRADE),--upgrade) \
+	    --custom-compile-command "make lock" --quiet -o $(LOCK)
 
 train: install
 	$(PY) -m mnist_cnn train $(ARGS)
@@ -20,6 +38,7 @@ train: install
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -36,4 +55,4 @@ test-avx2: install
 	$(AVX2_ENV) $(PY) -m pytest $(QUALITY_TESTS) $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

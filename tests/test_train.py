@@ -30,7 +30,8 @@ def test_run_directory_holds_everything_needed(tiny_data, tmp_path):
     result = train(config(tiny_data, tmp_path, name="r"))
     run = result.run_dir
     assert sorted(p.name for p in run.iterdir()) == [
-        "config.json", "metrics.jsonl", "model.safetensors", "state.pt",
+        "README.md", "config.json", "evaluation.json", "metrics.jsonl", "model.safetensors",
+        "state.pt",
     ]  # fmt: skip
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["architecture"] == "CustomCNN"

@@ -81,7 +81,8 @@ def layer_table(model: CustomCNN) -> list[LayerRow]:
     c = model.config
     device = next(model.parameters()).device
     x = torch.zeros(1, c.in_channels, c.image_size, c.image_size, device=device)
-    rows, field, jump = [], 1, 1
+    rows, jump = [], 1
+    field: int | None = 1
     was_training = model.training
     model.eval()
     try:
@@ -229,9 +230,9 @@ def grad_cam(model: CustomCNN, x: torch.Tensor, target: int) -> np.ndarray:
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-    cam = cam[0, 0].detach().cpu().numpy()
-    top = float(cam.max())
-    return cam / top if top > 0 else cam
+    heat = cam[0, 0].detach().cpu().numpy()
+    top = float(heat.max())
+    return heat / top if top > 0 else heat
 
 
 # --- How invariant is it really? ------------------------------------------------------------

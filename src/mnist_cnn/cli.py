@@ -15,7 +15,7 @@ from .errors import MnistCnnError
 EXIT_USAGE = 2
 
 # Settings a resumed run may change; every other one is the run's own.
-RESUMABLE = {"epochs", "device", "data_dir", "eval_batch_size"}
+RESUMABLE = {"epochs", "device", "data_dir", "eval_batch_size", "tensorboard"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="under torchrun: gloo (CPU) or nccl (CUDA); auto picks")  # fmt: skip
     t.add_argument("--dist-timeout", type=float, default=300, metavar="S",
                    help="under torchrun: seconds to wait for a missing process (300)")  # fmt: skip
+    t.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="also log to RUN/tensorboard: tensorboard --logdir runs")  # fmt: skip
     t.add_argument("--eval-batch-size", type=int, help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train)
 
@@ -288,7 +290,7 @@ def cmd_train(args) -> int:
             flags = ", ".join("--" + n.replace("_", "-") for n in changed)
             raise MnistCnnError(
                 f"--resume continues {args.resume} with its own settings; {flags} cannot change "
-                f"(only --epochs, --device, --data-dir can)"
+                f"(only --epochs, --device, --data-dir, --tensorboard can)"
             )
         config = replace(saved, **{n: v for n, v in given.items() if n in RESUMABLE})
     else:
@@ -328,6 +330,7 @@ def cmd_evaluate(args) -> int:
                              history)  # fmt: skip
         if not args.json:
             print(f"report written to {path}")
+    _record_evaluation(trained, f"{dataset}/{args.split}", result)
     if args.json:
         print(json.dumps({"dataset": dataset, "split": args.split, **result.to_dict()}))
         return 0
@@ -335,6 +338,20 @@ def cmd_evaluate(args) -> int:
     print(f"accuracy {100 * result.accuracy:.2f}%   loss {result.loss:.4f}")
     print(format_confusion(result.confusion, result.per_class, trained.classes))
     return 0
+
+
+def _record_evaluation(trained, key: str, result) -> None:
+    """Keep the figures in the run's evaluation.json and its model card; a run that cannot be
+    written to (a read-only copy) is evaluated all the same."""
+    from .model_card import record_evaluation, write_model_card
+
+    epoch = trained.config.get("epochs_completed")
+    try:
+        record_evaluation(trained.run_dir, key, result.to_dict(), epoch)
+        write_model_card(trained.run_dir)
+    except OSError as e:
+        print(f"mnist-cnn: note: model card not updated ({e.strerror}: {e.filename})",
+              file=sys.stderr)  # fmt: skip
 
 
 def _write_report(folder, trained, data, images, labels, dataset, split, history):
@@ -397,7 +414,7 @@ def cmd_data_fetch(args) -> int:
             print(f"{info.name}: already present and verified in {folder}")
             return 0
         if folder != cache_dir(info.name):
-            names = ", ".join(f"{c.path.name} ({c.detail})" for c in bad)
+            names = ", ".join(f"{c.path.name if c.path else c.key} ({c.detail})" for c in bad)
             raise MnistCnnError(
                 f"{info.name} in {folder} fails verification: {names}; "
                 "--force downloads a good copy into the cache"
@@ -406,7 +423,7 @@ def cmd_data_fetch(args) -> int:
     checks = verify_folder(info, dest)
     print(f"{info.name}: downloaded and verified in {dest}")
     for c in checks:
-        print(f"  {c.path.name:<30} {c.detail}")
+        print(f"  {c.path.name if c.path else c.key:<30} {c.detail}")
     return 0
 
 

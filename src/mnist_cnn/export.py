@@ -65,6 +65,8 @@ def export(
         else:
             _export_onnx(trained, tmp)
             if quantize:
+                if calibration_images is None:
+                    raise MnistCnnError(f"{quantize} quantization needs calibration_images")
                 fp32 = tmp.with_suffix(".fp32.onnx")
                 os.replace(tmp, fp32)
                 _quantize_int8(fp32, tmp, trained, calibration_images)
@@ -151,6 +153,7 @@ def _export_onnx(trained: TrainedModel, path: Path) -> None:
             input_names=["images"], output_names=["logits"],
             dynamic_shapes=({0: batch},), verbose=False,
         )  # fmt: skip
+    assert program is not None  # dynamo=True always returns the program
     program.save(str(path))
     _set_onnx_metadata(path, trained)
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import BinaryIO
 
 _CHUNK = 1 << 20
 
@@ -36,7 +37,7 @@ def temp_name_suffix(pid: int | None = None) -> str:
 
 def atomic_write(
     path: str | os.PathLike,
-    write: Callable[[BinaryIO], None],
+    write: Callable[[BinaryIO], object],
     check: Callable[[Path], None] | None = None,
 ) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it, rename it over ``path``.
@@ -120,7 +121,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def open_maybe_gzip(path: str | os.PathLike) -> IO[bytes]:
+def open_maybe_gzip(path: str | os.PathLike) -> io.BufferedIOBase:
     """Open a file for reading, decompressing it if it starts with the gzip magic bytes."""
     path = Path(path)
     with open(path, "rb") as f:

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import numpy as np
 from fastapi import Query, Request
@@ -413,7 +414,7 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
         if image:
             record["image"] = pre.to_uint8().tolist()
         request.state.result = f"{record['class']} {record['probability']:.3f}"
-        return JSONResponse(record)  # already plain JSON types: skip FastAPI's re-encoding
+        return JSONResponse(record)  # type: ignore[return-value]  # JSON types: not re-encoded
 
     async def offload(fn, *args, small: bool):
         """Small images inline (a thread hop costs more than the work, and contends for the
@@ -741,7 +742,7 @@ def serve(run: str, *, host: str = "127.0.0.1", port: int = 8000, workers: int |
              " ".join(allowed_hosts))  # fmt: skip
     if not _is_loopback(host):
         log.warning("listening on %s: other machines can reach this service", host)
-    quiet = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 5}
+    quiet: dict[str, Any] = dict(log_level="warning", access_log=False, timeout_graceful_shutdown=5)
     if workers == 1:
         app = create_app(predictor, **options)
         config = ServiceConfig(app, limits=limits, lifespan="on", **quiet)

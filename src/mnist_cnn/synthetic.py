@@ -45,7 +45,9 @@ def render(digit: np.ndarray, style: str, rng: np.random.Generator) -> bytes:
 
 
 def _upscale(digit: np.ndarray, size: int) -> np.ndarray:
-    img = Image.fromarray(np.asarray(digit, np.uint8), "L").resize((size, size), Image.BICUBIC)
+    img = Image.fromarray(np.asarray(digit, np.uint8), "L").resize(
+        (size, size), Image.Resampling.BICUBIC
+    )
     return np.clip(np.asarray(img, np.float32) / 255.0, 0, 1)
 
 

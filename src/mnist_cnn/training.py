@@ -7,12 +7,14 @@ Adam lr 1e-3, batch 100, 15 epochs, torch.manual_seed(777).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +49,7 @@ from .locks import DirectoryLock
 from .model import ARCHITECTURE, CustomCNN, ModelConfig, count_parameters
 from .recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
 from .schema import typed_fields
+from .run_log import RunLog
 
 
 @dataclass
@@ -74,6 +77,7 @@ class TrainConfig:
     val_size: int = 0  # hold out this many training images (seeded) as a validation split
     eval_batch_size: int = 1000
     dropout: float = 0.5  # of layer4's units, as in the seed; 0 turns it off
+    tensorboard: bool = False  # also log to <run>/tensorboard (the tensorboard extra)
 
     @classmethod
     def from_recipe(cls, recipe: str = "reference", **overrides) -> TrainConfig:
@@ -103,6 +107,9 @@ class TrainConfig:
         for name, allowed in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise MnistCnnError(f"--{name} must be one of {', '.join(allowed)}")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise MnistCnnError("--tensorboard needs the tensorboard package: "
+                                "pip install 'mnist-cnn[tensorboard]'")  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict, source="config.json") -> TrainConfig:
@@ -291,7 +298,7 @@ def _train(config, resume, saved, device, ranks, log, progress, lock) -> TrainRe
     model_config = ModelConfig(num_classes=data.info.num_classes, dropout=config.dropout)
     model = CustomCNN(model_config).to(device)
     if device.type in ("cpu", "cuda"):
-        model = model.to(memory_format=torch.channels_last)  # NHWC convolutions: faster on both
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # NHWC: faster on both
     optimizer = _make_optimizer(model, config, device)
     scheduler = _make_scheduler(optimizer, config, len(splits.train_x))
     if resume is not None and config.schedule != "constant":
@@ -331,7 +338,7 @@ def _train(config, resume, saved, device, ranks, log, progress, lock) -> TrainRe
     log(f"precision: {precision} ({why}); weights, evaluation and checkpoints in fp32")
     if len(history) >= config.epochs:
         log(f"{run_dir} has already completed {len(history)} of {config.epochs} epochs")
-    step_model = model
+    step_model: Any = model  # or wrapped: DistributedDataParallel, torch.compile
     if ranks is not None:  # averages gradients across ranks; the weights stay ``model``'s
         from torch.nn.parallel import DistributedDataParallel
 
@@ -340,6 +347,7 @@ def _train(config, resume, saved, device, ranks, log, progress, lock) -> TrainRe
     eager_model = step_model
     if config.compile:
         step_model = torch.compile(step_model)  # shares the weights
+    run_log = RunLog(run_dir, tensorboard=config.tensorboard, first_epoch=len(history) + 1)
     for epoch in range(len(history), config.epochs):
         record = _train_epoch(step_model, optimizer, scheduler, splits, config, epoch, progress,
                               ranks, eager_model)  # fmt: skip
@@ -357,7 +365,9 @@ def _train(config, resume, saved, device, ranks, log, progress, lock) -> TrainRe
         run_config = _run_config(config, data, splits, model, device, history, started)
         _on_writer(ranks, write_checkpoint, run_dir, config=run_config, history=history,
                    model=model, state=state)  # fmt: skip
+        _on_writer(ranks, run_log.epoch, record, model, optimizer.param_groups[0]["lr"])
         log(format_epoch(record, config.epochs))
+    _on_writer(ranks, run_log.finish, model, splits.test, data.info, config.eval_batch_size)
     return TrainResult(run_dir=run_dir, model=model, history=history)
 
 
@@ -522,6 +532,7 @@ def _eval_record(model, splits: _Splits, data: Dataset, config: TrainConfig, ran
             num_classes=data.info.num_classes, batch_size=config.eval_batch_size,
         ) if len(images) else None  # fmt: skip
         if ranks is None:
+            assert result is not None  # one process: never an empty split
             return result.accuracy, result.loss
         count = len(images)
         right, loss, total = distributed.all_sum(
@@ -530,7 +541,7 @@ def _eval_record(model, splits: _Splits, data: Dataset, config: TrainConfig, ran
         )  # fmt: skip
         return right / total, loss / total
 
-    record = {}
+    record: dict = {}
     if splits.val is not None:
         accuracy, loss = run(*splits.val)
         record.update(val_loss=loss, val_accuracy=accuracy)
