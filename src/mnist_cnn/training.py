@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
-from .augment import random_affine
+from .augment import KINDS, augment_batch
 from .checkpoint import (
     CONFIG_FILE,
     FORMAT_VERSION,
@@ -52,7 +52,7 @@ class TrainConfig:
     lr: float = 1e-3  # Adam; the peak of the one-cycle schedule
     schedule: str = "constant"  # or "onecycle": warm up to lr, then anneal towards 0
     label_smoothing: float = 0.0
-    augment: bool = False  # random shifts, rotations and scaling of every batch
+    augment: bool | str = False  # augment.py's KINDS by name; True: "handwriting"
     precision: str = "fp32"  # or "bf16": autocast (GPUs; CPUs with bf16 instructions)
     compile: bool = False  # torch.compile the training step's model (pays off on GPUs)
     seed: int = 777  # model init, dropout, shuffling, augmentation and the validation split
@@ -88,6 +88,8 @@ class TrainConfig:
             raise MnistCnnError("--label-smoothing must be in [0, 1)")
         if not 0 <= self.dropout < 1:
             raise MnistCnnError("--dropout must be in [0, 1)")
+        if not isinstance(self.augment, bool) and self.augment not in KINDS:
+            raise MnistCnnError(f"augment must be true, false or one of {', '.join(KINDS)}")
         for name, allowed in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise MnistCnnError(f"--{name} must be one of {', '.join(allowed)}")
@@ -432,8 +434,7 @@ def _train_epoch(
         if ranks is not None:
             idx = ranks.shard(idx)
         x = splits.train_x[idx].float() / 255  # (B, 1, 28, 28) in 0..1
-        if config.augment:
-            x = random_affine(x)
+        x = augment_batch(x, config.augment)
         x = ((x - splits.mean) / splits.std).contiguous(memory_format=torch.channels_last)
         with autocast:
             logits = model(x)
