@@ -72,9 +72,18 @@ def background(x: np.ndarray, stroke: float) -> np.ndarray:
 
 def stroke_width(mask: np.ndarray) -> float:
     """The mean width of the strokes in ``mask``: 2 * area / perimeter."""
-    inner = ndimage.binary_erosion(mask, border_value=0)
-    perimeter = int(mask.sum() - inner.sum())
-    return 2 * int(mask.sum()) / max(perimeter, 1)
+    inner = mask.copy()  # 4-neighbour erosion by shifts: far cheaper than ndimage's
+    inner[1:] &= mask[:-1]
+    inner[:-1] &= mask[1:]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    area = int(mask.sum())
+    return 2 * area / max(area - int(inner.sum()), 1)
+
+
+def grow(mask: np.ndarray, pixels: int = 1) -> np.ndarray:
+    """``mask`` dilated by a (2 * pixels + 1) square (a separable maximum filter)."""
+    return ndimage.maximum_filter(mask.view(np.uint8), size=2 * pixels + 1).view(bool)
 
 
 @dataclass
@@ -147,12 +156,13 @@ def digit_parts(labels: np.ndarray, comps: list[Component]) -> np.ndarray:
                 box, mass = _union(box, c.box), mass + c.mass
                 changed = True
                 break
-    keep = np.isin(labels, [c.label for c in kept])
+    keep = np.isin(labels, [c.label for c in kept]) if len(kept) > 1 else labels == main.label
+    if len(kept) == len(plain):
+        return keep
     # small pieces count only where they touch the digit (2 pixels away at most)
     t, b, left, r = box
     window = labels[max(t - 2, 0) : b + 2, max(left - 2, 0) : r + 2]
-    reach = ndimage.binary_dilation(keep[max(t - 2, 0) : b + 2, max(left - 2, 0) : r + 2],
-                                    _EIGHT, iterations=2)  # fmt: skip
+    reach = grow(keep[max(t - 2, 0) : b + 2, max(left - 2, 0) : r + 2], 2)
     touching = np.unique(window[reach & (window > 0)])
     small = [c.label for c in plain if c.mass < PART_MASS * mass and c.label in touching]
     return keep | np.isin(labels, small)

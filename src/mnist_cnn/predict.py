@@ -138,8 +138,8 @@ class Predictor:
 
 # When to call an answer unsure, calibrated on the real-handwriting development set
 # (benchmarks/handwriting.py): a low top-1 probability, or a second class close behind.
-UNSURE_BELOW = 0.6  # top-1 probability
-UNSURE_RATIO = 0.25  # second / first
+UNSURE_BELOW = 0.5  # top-1 probability
+UNSURE_RATIO = 0.35  # second / first
 
 
 def is_unsure(probs: np.ndarray) -> bool:

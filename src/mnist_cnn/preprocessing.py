@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-from scipy import ndimage
 
 from . import ink as ink_
 from .errors import MnistCnnError
@@ -26,7 +25,6 @@ DEFAULT_MAX_PIXELS = 40_000_000  # refuse larger images (decompression bombs)
 MAX_SIDE = 2048  # larger images are box-reduced to this side first (memory; same result)
 BOX = 20  # MNIST's digits fit a 20x20 box ...
 SIZE = 28  # ... centred by mass in a 28x28 field
-_EIGHT = np.ones((3, 3), bool)
 
 
 class ImageError(MnistCnnError):
@@ -184,13 +182,13 @@ def _digit_ink(gray: np.ndarray, steps: dict, depth: int = 0) -> tuple[bool, np.
     box = (max(rows[0] - 1, 0), rows[-1] + 2, max(cols[0] - 1, 0), cols[-1] + 2)  # work pixels
     t, b, left, r = (v * f for v in box)
     crop, g = ink_.reduce(x[t:b, left:r], 2 * 8 * BOX)
-    near = ndimage.binary_dilation(keep[box[0] : box[1], box[2] : box[3]], _EIGHT)
+    near = ink_.grow(keep[box[0] : box[1], box[2] : box[3]])
     size = crop.shape[::-1]
     bg_crop = _resize(bg[box[0] : box[1], box[2] : box[3]], size, Image.Resampling.BILINEAR)
     near_crop = _resize(near.astype(np.float32), size, Image.Resampling.NEAREST)
     ink = np.clip(crop - bg_crop, 0, None) * near_crop
-    ink = _stretch(ink, threshold)
-    steps["ink"] = _stretch(residual * keep, threshold)
+    ink, floor, scale = _stretch(ink, threshold)
+    steps["ink"] = np.clip((residual * keep - floor) / max(scale - floor, 1e-6), 0, 1)
     return inverted, ink
 
 
@@ -201,8 +199,9 @@ def _resize(a: np.ndarray, size: tuple[int, int], resample) -> np.ndarray:
     return np.asarray(img.resize(size, resample), np.float32)
 
 
-def _stretch(ink: np.ndarray, threshold: float) -> np.ndarray:
-    """Strokes fully bright, paper noise black, the soft edges (MNIST's anti-aliasing) between."""
+def _stretch(ink: np.ndarray, threshold: float) -> tuple[np.ndarray, float, float]:
+    """Strokes fully bright, paper noise black, the soft edges (MNIST's anti-aliasing) between:
+    (the ink so stretched, the paper's noise floor, the strokes' level)."""
     mask = ink > threshold
     paper = ink[~mask]  # mostly background, plus the strokes' faint fringe
     if paper.size:
@@ -211,7 +210,7 @@ def _stretch(ink: np.ndarray, threshold: float) -> np.ndarray:
     else:
         floor = 0.0
     scale = _quantile(ink[mask], 95) if mask.any() else float(ink.max())
-    return np.clip((ink - floor) / max(scale - floor, 1e-6), 0, 1).astype(np.float32)
+    return np.clip((ink - floor) / max(scale - floor, 1e-6), 0, 1).astype(np.float32), floor, scale
 
 
 def _ink(gray: np.ndarray) -> tuple[dict, bool, np.ndarray]:
