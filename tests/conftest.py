@@ -30,6 +30,22 @@ def _find_real_mnist() -> Path | None:
         return None
 
 
+def pytest_report_header(config):
+    """Which kernels trained the shared run: quality margins are measured across these."""
+    import torch
+
+    limits = [f"{k}={os.environ[k]}" for k in ISA_LIMITS if k in os.environ]
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"torch {torch.__version__}, CPU kernels {capability}, limits: {limits or 'none'}"
+
+
+ISA_LIMITS = (
+    "ONEDNN_MAX_CPU_ISA",
+    "ATEN_CPU_CAPABILITY",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "OMP_NUM_THREADS",
+)
+
 # Looked up once, before any test points the cache elsewhere.
 _REAL_MNIST = _find_real_mnist()
 
@@ -88,14 +104,22 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MNIST_CNN_MIRRORS", "http://127.0.0.1:9/")  # discard port: refused
 
 
+# The shared run: 200 steps on 10,000 real images. The reference recipe's constant Adam 1e-3
+# reaches ~97% in them, which left the accuracy and realistic-image checks inside the spread
+# between CPUs (0.9689 on a Zen 4); a one-cycle schedule to 3e-3 reaches ~98.2% in the same
+# steps and time. benchmarks/test_margins.py trains this same run under each instruction set.
+REAL_RUN = dict(epochs=2, limit_train=10_000, schedule="onecycle", lr=3e-3)
+
+
 @pytest.fixture(scope="session")
 def real_run(tmp_path_factory):
-    """CustomCNN trained for two epochs on 10,000 real MNIST images (shared by the tests)."""
+    """CustomCNN trained for two epochs on 10,000 real MNIST images (shared by the tests);
+    its quality differs a little from CPU to CPU, so tests of it keep margins measured across
+    instruction sets (`make test-avx2` runs them with oneDNN held to AVX2)."""
     if _REAL_MNIST is None:
         pytest.fail("the real MNIST is needed (set MNIST_CNN_DATA)")
     out = tmp_path_factory.mktemp("runs")
-    config = TrainConfig(data_dir=str(_REAL_MNIST), out=str(out), epochs=2, limit_train=10_000,
-                         name="real")  # fmt: skip
+    config = TrainConfig(data_dir=str(_REAL_MNIST), out=str(out), name="real", **REAL_RUN)
     result = train(config)
     return result
 

@@ -112,20 +112,32 @@ def test_feature_maps_and_their_order(real_run, test_digits):
 
 
 def test_grad_cam_moves_with_the_digit(real_run, test_digits):
-    """Shift a digit 4 pixels left, then 4 right: its evidence map must move with it."""
+    """Shift 100 digits 4 pixels left, then 4 right: their evidence maps move with them.
+
+    One digit's map is a coarse 7x7 grid, and a briefly trained model's evidence for it can sit
+    anywhere: the first 5 digits' centres moved 4.6-8.9 px across the runs measured
+    (benchmarks/test_margins.py: seeds 777/1/2; oneDNN default (AMX), AVX512_CORE, AVX2, and
+    ATen/MKL at AVX2 too; 1 and 2 threads), and 1.75 px for one of them on a Zen 4 with the
+    earlier fixture run, so "each of 5 digits moves > 4 px" was a margin one CPU happened to
+    clear; single digits moved as little as -21 px. The median over 100 digits moved 6.05-6.50
+    px in every run: the bar of 4 px sits well below that, and a map that does not follow the
+    digit (a median near 0) fails it."""
     images, labels = test_digits
     model = real_run.model.cpu()
     cols = np.arange(28)
-    for i in range(5):
+    moves = []
+    for i in range(100):
         digit = torch.from_numpy(images[i : i + 1, None]).float() / 255
         centres = []
         for dx in (-4, 4):
             x = (shift_images(digit, dx, 0) - 0.1307) / 0.3081
             cam = grad_cam(model, x, int(labels[i]))
             assert cam.shape == (28, 28) and cam.min() >= 0
-            assert cam.max() == pytest.approx(1.0)
-            centres.append((cam.sum(0) * cols).sum() / cam.sum())
-        assert centres[1] - centres[0] > 4, centres  # the digit itself moved 8 pixels
+            if cam.max() > 0:  # else no positive evidence at all: no centre
+                assert cam.max() == pytest.approx(1.0)
+            centres.append((cam.sum(0) * cols).sum() / max(cam.sum(), 1e-12))
+        moves.append(centres[1] - centres[0])
+    assert np.median(moves) > 4, sorted(moves)  # the digit itself moved 8 pixels
 
 
 def test_explain_writes_a_self_contained_page(real_run, test_digits, tmp_path, capsys):

@@ -5,23 +5,31 @@ from __future__ import annotations
 import gzip
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from processes import dead_pid
 
 from mnist_cnn import MnistCnnError, fetch, get_dataset_info, load_dataset, verify_folder
 from mnist_cnn.cli import main
 from mnist_cnn.datasets import cache_dir
+from mnist_cnn.files import temp_name_suffix
+
+KINDS = ("good", "corrupt", "garbled", "short", "endless", "huge", "slow")
 
 
 class Mirrors:
     """One server, several mirrors: /good/ serves the files, /corrupt/ serves valid gzip of the
-    wrong bytes, /garbled/ damaged gzip, /short/ hangs up halfway; every request is recorded."""
+    wrong bytes, /garbled/ damaged gzip, /short/ hangs up halfway, /endless/ streams zeros
+    without a length until the client goes, /huge/ announces 10 GB, /slow/ serves the files
+    in small pieces; every request is recorded."""
 
     def __init__(self, files: dict[str, bytes]):
         self.files = files
         self.requests: list[str] = []
+        self.streamed: dict[str, int] = {}  # bytes sent by the endless and huge mirrors
         mirrors = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -29,8 +37,11 @@ class Mirrors:
                 mirrors.requests.append(self.path)
                 kind, _, name = self.path.strip("/").partition("/")
                 body = mirrors.files.get(name)
-                if body is None or kind not in ("good", "corrupt", "garbled", "short"):
+                if body is None or kind not in KINDS:
                     self.send_error(404)
+                    return
+                if kind in ("endless", "huge", "slow"):
+                    self.stream(kind, body)
                     return
                 if kind == "corrupt":
                     body = gzip.compress(b"not the file you are looking for")
@@ -40,6 +51,23 @@ class Mirrors:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body[: len(body) // 2] if kind == "short" else body)
+
+            def stream(self, kind, body):
+                self.send_response(200)
+                if kind != "endless":
+                    self.send_header("Content-Length", str(10**10 if kind == "huge" else len(body)))
+                self.end_headers()
+                try:
+                    if kind == "slow":
+                        for i in range(0, len(body), 1 << 16):
+                            self.wfile.write(body[i : i + (1 << 16)])
+                            time.sleep(0.002)
+                        return
+                    while True:  # until the client hangs up
+                        mirrors.streamed[kind] = mirrors.streamed.get(kind, 0) + (1 << 16)
+                        self.wfile.write(bytes(1 << 16))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
 
             def log_message(self, *args):
                 pass
@@ -161,7 +189,7 @@ def test_a_killed_download_leaves_nothing_that_counts(mnist_mirrors):
     info = get_dataset_info("mnist")
     dest = cache_dir("mnist")
     dest.mkdir(parents=True)
-    (dest / ".train-images-idx3-ubyte.gz.x1y2.tmp").write_bytes(b"partial")
+    (dest / f".train-images-idx3-ubyte.gz.x1y2{temp_name_suffix(dead_pid())}").write_bytes(b"x")
     fetch(info, mirrors=[mnist_mirrors.url("good")])
     assert leftovers(dest) == []
     assert (dest / "train-images-idx3-ubyte.gz").stat().st_mode & 0o044, "readable like any file"
@@ -190,3 +218,38 @@ def test_offline_error_lists_every_place_searched(tmp_path, monkeypatch, capsys)
     for place in (empty / "kmnist", cache_dir("kmnist"), Path("/usr/share/datasets/kmnist")):
         assert str(place) in err
     assert "--data-dir" in err and "MNIST_CNN_DATA" in err
+
+
+def test_an_endless_or_oversized_download_stops_at_the_files_known_size(mnist_mirrors):
+    info = get_dataset_info("mnist")
+    with pytest.raises(MnistCnnError) as err:
+        fetch(info, mirrors=[mnist_mirrors.url("huge"), mnist_mirrors.url("endless")])
+    message = str(err.value)
+    limit = info.files["train-images"].max_gz_size
+    assert f"announces 10,000,000,000 bytes, more than the {limit:,}" in message
+    assert f"sent more than the {limit:,} bytes train-images-idx3-ubyte.gz can be" in message
+    assert limit < 48_000_000  # the decompressed file is 47,040,016 bytes
+    assert list(cache_dir("mnist").iterdir()) == [], "nothing kept, no lock left"
+
+
+def test_two_fetches_into_one_cache_do_not_undo_each_other(mnist_mirrors):
+    """The second waits for the first (a lock), then finds every file verified in place."""
+    info = get_dataset_info("mnist")
+    errors = []
+
+    def first():
+        try:
+            fetch(info, mirrors=[mnist_mirrors.url("slow")])
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    while not mnist_mirrors.requests:  # the first holds the lock once it asks for a file
+        time.sleep(0.01)
+    fetch(info, mirrors=[mnist_mirrors.url("good")])
+    thread.join()
+    assert errors == []
+    assert not any(r.startswith("/good/") for r in mnist_mirrors.requests), "nothing fetched twice"
+    assert all(c.ok for c in verify_folder(info, cache_dir("mnist")))
+    assert leftovers(cache_dir("mnist")) == []

@@ -16,15 +16,26 @@ from mnist_cnn.synthetic import STYLES, render
 
 
 def test_brief_training_reaches_a_real_accuracy_bar(real_run):
-    # 200 steps of the reference recipe; the full recipe reaches over 99% on all 60,000
+    """200 steps (tests/conftest.py); the full reference recipe reaches over 99% on all 60,000.
+
+    Across seeds 777/1/2, oneDNN default (AMX), AVX512_CORE and AVX2 (also ATen and MKL at
+    AVX2), 1 and 2 threads the run reached 0.9794-0.9823 (benchmarks/test_margins.py, 6 runs):
+    0.97 is three times that spread below it. (The earlier constant-lr fixture reached ~0.97,
+    and 0.9689 on a Zen 4.) A broken training or evaluation falls far below."""
     assert real_run.final["test_accuracy"] >= 0.97, real_run.history
     assert real_run.history[1]["train_loss"] < real_run.history[0]["train_loss"]
 
 
 def test_realistic_images_score_close_to_mnist_and_plain_resize_does_not(real_run, test_digits):
-    """A small version of benchmarks/realistic.py."""
+    """A small version of benchmarks/realistic.py, on 300 test digits.
+
+    Rendered as photos, scans and exports, then preprocessed, they scored 0.020-0.027 below the
+    same digits as-is across the 6 runs of benchmarks/test_margins.py (seeds 777/1/2, oneDNN
+    default, AVX512_CORE, AVX2, 1 and 2 threads; on the first 150 alone 0.013-0.027, and 0.033
+    on a Zen 4 with the earlier fixture run), and a plain resize scored 0.160-0.167: the bars
+    (0.06 below as-is; under 0.5) sit well outside both."""
     predictor = Predictor.from_run(real_run.run_dir)
-    digits, labels = test_digits[0][:150], test_digits[1][:150]
+    digits, labels = test_digits
     rng = np.random.default_rng(0)
     files = [render(d, STYLES[i % len(STYLES)], rng) for i, d in enumerate(digits)]
     records = predictor.predict(files)
@@ -35,7 +46,7 @@ def test_realistic_images_score_close_to_mnist_and_plain_resize_does_not(real_ru
         gray = np.asarray(Image.open(io.BytesIO(f)).convert("L").resize((28, 28)), np.float32)
         plain.append(gray / 255)
     naive = np.mean(predictor.probabilities(np.stack(plain)).argmax(1) == labels)
-    assert ours >= as_is - 0.03, (ours, as_is)
+    assert ours >= as_is - 0.06, (ours, as_is)
     assert naive < 0.5, naive
 
 

@@ -9,10 +9,12 @@ import time
 
 import pytest
 import torch
+from processes import dead_pid
 from safetensors.torch import load_file
 
 from mnist_cnn import TrainConfig, evaluate, load_dataset, load_run, train
 from mnist_cnn.cli import main
+from mnist_cnn.files import temp_name_suffix
 
 
 def config(data, tmp_path, **kw) -> TrainConfig:
@@ -155,12 +157,13 @@ def test_a_run_killed_in_its_first_epoch_can_be_resumed(tiny_data, tmp_path):
     cfg = json.loads((full.run_dir / CONFIG_FILE).read_text())
     cfg["epochs_completed"], cfg["metrics"], cfg["training"]["name"] = 0, {}, "crashed"
     (crashed / CONFIG_FILE).write_text(json.dumps(cfg))
-    (crashed / ".model.safetensors.abc123.tmp").write_bytes(b"half")
+    (crashed / f".model.safetensors.abc123{temp_name_suffix(dead_pid())}").write_bytes(b"half")
+    (crashed / ".notes.tmp").write_bytes(b"the user's own file")
     resumed = train(resume=crashed)
     assert [r["epoch"] for r in resumed.history] == [1]
     wf, wr = weights(full.run_dir), weights(crashed)
     assert all(torch.equal(wf[k], wr[k]) for k in wf), "a restart from epoch 0 is the same run"
-    assert not list(crashed.glob(".*.tmp"))
+    assert [p.name for p in crashed.glob(".*.tmp")] == [".notes.tmp"], "ours, abandoned, only"
 
 
 def test_resume_rejects_another_architecture_and_a_broken_state(tiny_data, tmp_path, capsys):
@@ -178,7 +181,7 @@ def test_resume_rejects_another_architecture_and_a_broken_state(tiny_data, tmp_p
     assert "'LeNet5', not CustomCNN" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("recipe", ["reference", "fast", "best"])
+@pytest.mark.parametrize("recipe", ["reference", "fast", "best", "gpu"])
 def test_each_recipe_runs_end_to_end(recipe, tiny_data, tmp_path):
     from mnist_cnn.training import RECIPES
 

@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from .datasets import DATASETS
     from .device import DEVICES
-    from .recipes import PRECISIONS, RECIPES, SCHEDULES
+    from .recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
 
     parser = _Parser(
         prog="mnist-cnn",
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, help="epochs to train (default 15)")
     t.add_argument("--batch-size", type=int, help="images per step (default 100)")
     t.add_argument("--lr", type=float, help="Adam learning rate, the peak of onecycle (1e-3)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, help="adam (default) or sgd (plain SGD)")
     t.add_argument("--schedule", choices=SCHEDULES, help="learning rate schedule (constant)")
     t.add_argument("--label-smoothing", type=float, metavar="EPS", help="default 0")
     t.add_argument(
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except MnistCnnError as e:
-        print(f"mnist-cnn: error: {e}", file=sys.stderr)
+        print(f"mnist-cnn: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return EXIT_USAGE
     except OSError as e:  # unwritable folders, full disks: the user's to fix, no traceback
         where = f": {e.filename}" if e.filename else ""
@@ -296,6 +297,7 @@ def cmd_evaluate(args) -> int:
     from .evaluation import evaluate
 
     trained = load_run(args.run, device=select_device(args.device))
+    history = trained.history() if args.report else []  # checked before any long work
     dataset = args.dataset or trained.dataset
     data = load_dataset(dataset, args.data_dir, progress=_progress())
     if data.info.num_classes != len(trained.classes):
@@ -308,7 +310,8 @@ def cmd_evaluate(args) -> int:
         num_classes=data.info.num_classes,
     )  # fmt: skip
     if args.report:
-        path = _write_report(args.report, trained, data, images, labels, dataset, args.split)
+        path = _write_report(args.report, trained, data, images, labels, dataset, args.split,
+                             history)  # fmt: skip
         if not args.json:
             print(f"report written to {path}")
     if args.json:
@@ -320,8 +323,7 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _write_report(folder, trained, data, images, labels, dataset, split):
-    from .checkpoint import read_metrics
+def _write_report(folder, trained, data, images, labels, dataset, split, history):
     from .evaluation import predict_probabilities
     from .report import write_report
 
@@ -332,7 +334,7 @@ def _write_report(folder, trained, data, images, labels, dataset, split):
         labels=labels.numpy(),
         probs=probs.numpy(),
         classes=trained.classes,
-        history=read_metrics(trained.run_dir),
+        history=history,
         title=f"CustomCNN on {data.info.title}: {split} split",
         subtitle=f"run {trained.run_dir} · {len(labels):,} images from {data.source}",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "test")
 KINDS = ("images", "labels")
+IMAGE_SIZE = 28  # every dataset of the family: 28 x 28 grayscale
 
 
 @dataclass(frozen=True)
@@ -26,10 +28,26 @@ class DataFile:
     name: str  # decompressed file name, e.g. "train-images-idx3-ubyte"
     sha256: str | None  # of the decompressed payload; None where no one has published it
     md5_gz: str  # of the .gz file as the mirrors serve it
+    count: int = 60_000  # images or labels in the published file: the most a file may hold
 
     @property
     def gz_name(self) -> str:
         return self.name + ".gz"
+
+    @property
+    def is_labels(self) -> bool:
+        return "labels" in self.name
+
+    @property
+    def size(self) -> int:
+        """Bytes of the decompressed file as published: header + one byte per label or pixel."""
+        return 8 + self.count if self.is_labels else 16 + self.count * IMAGE_SIZE * IMAGE_SIZE
+
+    @property
+    def max_gz_size(self) -> int:
+        """The most its .gz can take: deflate never grows data by more than 5 bytes per 16 KB
+        block; a header with a file name and some slack on top. Downloads stop past it."""
+        return self.size + 5 * (self.size // 16_384 + 1) + 4096
 
 
 @dataclass(frozen=True)
@@ -58,7 +76,11 @@ def _files(sha256: dict[str, str | None], md5: dict[str, str]) -> dict[str, Data
         "test-images": "t10k-images-idx3-ubyte",
         "test-labels": "t10k-labels-idx1-ubyte",
     }
-    return {key: DataFile(name, sha256.get(key), md5[key]) for key, name in names.items()}
+    counts = {"train": 60_000, "test": 10_000}
+    return {
+        key: DataFile(name, sha256.get(key), md5[key], counts[key.split("-")[0]])
+        for key, name in names.items()
+    }
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -244,11 +266,12 @@ def identify(folder: Path) -> str | None:
         if path is None:
             continue
         try:
-            if f.sha256 and file_digest(path, "sha256", decompress=True) == f.sha256:
+            if f.sha256 and file_digest(path, "sha256", True, f.size) == f.sha256:
                 return info.name
-            if path.name.endswith(".gz") and file_digest(path, "md5") == f.md5_gz:
+            gz = path.name.endswith(".gz")
+            if gz and file_digest(path, "md5", limit=f.max_gz_size) == f.md5_gz:
                 return info.name
-        except (OSError, EOFError, ValueError):
+        except (OSError, EOFError, ValueError, zlib.error):
             return None  # unreadable: loading will say what is wrong with it
     return None
 
@@ -294,7 +317,9 @@ def load_folder(info: DatasetInfo, folder: str | os.PathLike) -> Dataset:
     arrays = {}
     for key, path in paths.items():
         is_labels = key.endswith("labels")
-        arrays[key] = load_idx(path, num_classes=info.num_classes if is_labels else None)
+        arrays[key] = load_idx(path, num_classes=info.num_classes if is_labels else None,
+                               max_count=info.files[key].count,
+                               image_shape=(IMAGE_SIZE, IMAGE_SIZE))  # fmt: skip
         if arrays[key].ndim != (1 if is_labels else 3):
             found, wanted = ("images", "labels") if is_labels else ("labels", "images")
             raise MnistCnnError(f"{path}: holds {found}, expected {wanted}")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .datasets import DataFile, DatasetInfo, cache_dir, file_in, not_found_message
 from .errors import MnistCnnError
-from .files import atomic_write, file_digest, remove_stale_temp_files
+from .files import TooLarge, atomic_write, file_digest, remove_stale_temp_files
+from .locks import DirectoryLock
 
 _CHUNK = 1 << 16
 
@@ -36,12 +37,14 @@ def check_file(f: DataFile, path: Path, *, gz: bool | None = None) -> tuple[bool
     gz = path.name.endswith(".gz") if gz is None else gz
     try:
         if f.sha256 is not None:
-            ok = file_digest(path, "sha256", decompress=True) == f.sha256
+            ok = file_digest(path, "sha256", decompress=True, limit=f.size) == f.sha256
             return ok, "sha256 ok" if ok else "sha256 mismatch"
         if gz:
-            ok = file_digest(path, "md5") == f.md5_gz
+            ok = file_digest(path, "md5", limit=f.max_gz_size) == f.md5_gz
             return ok, "md5 ok" if ok else "md5 mismatch (a recompressed file cannot match)"
         return True, "no published checksum for the uncompressed file"
+    except TooLarge as e:
+        return False, str(e)
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
         return False, f"unreadable: {e}"
 
@@ -71,8 +74,9 @@ def fetch(
     """Download the files of ``info`` missing or bad in ``dest`` (default: the user cache).
 
     ``mirrors`` (else the base URLs in $MNIST_CNN_MIRRORS, else the dataset's own) are tried
-    in order for each file: it is streamed to a temporary file in ``dest``,
-    verified, and only then renamed into place. Returns ``dest``.
+    in order for each file: it is streamed to a temporary file in ``dest`` (never past the
+    most the file can be), verified, and only then renamed into place. A second fetch into the
+    same folder waits for the first (a lock), then finds its files in place. Returns ``dest``.
     """
     dest = Path(dest) if dest is not None else cache_dir(info.name)
     mirrors = tuple(mirrors or os.environ.get("MNIST_CNN_MIRRORS", "").split() or info.mirrors)
@@ -80,7 +84,13 @@ def fetch(
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MnistCnnError(f"cannot create {dest}: {e.strerror}") from None
-    remove_stale_temp_files(dest)  # left by a download that was killed
+    with DirectoryLock(dest, "data fetch", wait=True):
+        remove_stale_temp_files(dest)  # left by a download whose process died
+        _fetch_missing(info, dest, mirrors, data_dir, progress=progress, timeout=timeout)
+    return dest
+
+
+def _fetch_missing(info: DatasetInfo, dest: Path, mirrors, data_dir, *, progress, timeout):
     for f in info.files.values():
         existing = file_in(dest, f)
         if existing is not None and check_file(f, existing)[0]:
@@ -99,7 +109,6 @@ def fetch(
             )
         if existing is not None and existing.name != f.gz_name:
             existing.unlink()  # a bad uncompressed copy would shadow the good download
-    return dest
 
 
 class _MirrorFailed(Exception):
@@ -113,16 +122,21 @@ def _download_verified(url: str, f: DataFile, dest: Path, *, progress: bool, tim
             raise _MirrorFailed(detail)
 
     def write(out) -> None:
-        _stream(url, out, progress=progress, timeout=timeout, label=f.gz_name)
+        _stream(url, out, progress=progress, timeout=timeout, label=f.gz_name, limit=f.max_gz_size)
 
     atomic_write(dest / f.gz_name, write, check=verify)
 
 
-def _stream(url: str, out, *, progress: bool, timeout: float, label: str) -> None:
+def _stream(url: str, out, *, progress: bool, timeout: float, label: str, limit: int) -> None:
+    """Copy ``url`` into ``out``, stopping as soon as more than ``limit`` bytes arrive (an
+    endless or oversized stream never fills the disk)."""
     request = urllib.request.Request(url, headers={"User-Agent": "mnist-cnn"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
+            if total is not None and total > limit:
+                raise _MirrorFailed(f"announces {total:,} bytes, more than the {limit:,} "
+                                    f"{label} can be")  # fmt: skip
             from tqdm import tqdm
 
             with tqdm(
@@ -135,8 +149,11 @@ def _stream(url: str, out, *, progress: bool, timeout: float, label: str) -> Non
             ) as bar:
                 received = 0
                 while chunk := response.read(_CHUNK):
-                    out.write(chunk)
                     received += len(chunk)
+                    if received > limit:
+                        raise _MirrorFailed(f"sent more than the {limit:,} bytes {label} can be; "
+                                            "stopped")  # fmt: skip
+                    out.write(chunk)
                     bar.update(len(chunk))
             if total is not None and received != total:
                 raise _MirrorFailed(f"connection closed after {received} of {total} bytes")

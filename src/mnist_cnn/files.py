@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,6 +23,16 @@ def _default_mode() -> int:
 
 _FILE_MODE = _default_mode()  # mkstemp makes 0600 files; finished files get the usual mode
 
+# Temporary files carry this tool's mark and the writer's process id, so clean-up can tell its
+# own abandoned files (writer gone) from a live writer's and from anyone else's ``.*.tmp``.
+_TEMP_SUFFIX = ".mnist-cnn.tmp"
+_TEMP_NAME = re.compile(r"^\..+\.p(\d+)" + re.escape(_TEMP_SUFFIX) + "$")
+
+
+def temp_name_suffix(pid: int | None = None) -> str:
+    """The end of this process's temporary file names: ``.p<pid>.mnist-cnn.tmp``."""
+    return f".p{os.getpid() if pid is None else pid}{_TEMP_SUFFIX}"
+
 
 def atomic_write(
     path: str | os.PathLike,
@@ -32,10 +43,11 @@ def atomic_write(
 
     ``check(temp_path)``, if given, runs on the complete temporary file before the rename and
     may raise to refuse it. A crash at any point leaves the old file or the new one, never a
-    mix; what it leaves behind is a ``.*.tmp`` file that :func:`remove_stale_temp_files` clears.
+    mix; what it leaves behind is a marked temporary file that :func:`remove_stale_temp_files`
+    clears. A failure to write (a full disk) is an OSError naming ``path``.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=temp_name_suffix())
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), _FILE_MODE)
@@ -45,19 +57,38 @@ def atomic_write(
         if check is not None:
             check(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno and e.filename in (None, tmp):
+            # a full disk says "No space left on device" and no more: name the file it was
+            raise OSError(e.errno, os.strerror(e.errno), str(path)) from None
         raise
     _fsync_dir(path.parent)
     return path
 
 
 def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files an interrupted :func:`atomic_write` left in ``directory``."""
-    stale = [p for p in Path(directory).glob(".*.tmp") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
+    """Delete the temporary files that :func:`atomic_write` left in ``directory`` when its
+    process died. Files of a live writer, and every file this tool did not name, are kept."""
+    stale = []
+    for p in Path(directory).glob(".*" + _TEMP_SUFFIX):
+        match = _TEMP_NAME.match(p.name)
+        if match and p.is_file() and not _alive(int(match.group(1))):
+            p.unlink(missing_ok=True)
+            stale.append(p)
     return stale
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of this process may be writing it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid < 2**22  # someone else's live process (or a mark no process could have)
+    return True
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -97,13 +128,29 @@ def open_maybe_gzip(path: str | os.PathLike) -> IO[bytes]:
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
+class TooLarge(ValueError):
+    """A file (or its decompressed payload) is longer than the most it may be."""
+
+
 def file_digest(
-    path: str | os.PathLike, algorithm: str = "sha256", decompress: bool = False
+    path: str | os.PathLike,
+    algorithm: str = "sha256",
+    decompress: bool = False,
+    limit: int | None = None,
 ) -> str:
-    """Hex digest of a file, or of its decompressed payload when ``decompress`` is true."""
+    """Hex digest of a file, or of its decompressed payload when ``decompress`` is true.
+
+    With ``limit``, reading stops with :class:`TooLarge` after ``limit + 1`` bytes: a gzip
+    bomb costs the time of reading ``limit`` bytes, not of inflating all of it.
+    """
     h = hashlib.new(algorithm)
     opener = open_maybe_gzip if decompress else (lambda p: open(p, "rb"))
+    read = 0
     with opener(path) as f:
         while chunk := f.read(_CHUNK):
+            read += len(chunk)
+            if limit is not None and read > limit:
+                what = "decompressed payload" if decompress else "file"
+                raise TooLarge(f"{what} is larger than the {limit:,} bytes expected")
             h.update(chunk)
     return h.hexdigest()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from .errors import MnistCnnError
+from .schema import check_onnx_metadata
 
 METADATA_KEYS = ("architecture", "dataset", "classes", "mean", "std", "test_accuracy")
 
@@ -34,16 +34,26 @@ class OnnxModel:
         except Exception as e:  # ORT raises its own exception types for unreadable models
             raise MnistCnnError(f"{self.path}: not a loadable ONNX model ({e})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
-        missing = [k for k in ("classes", "mean", "std") if k not in meta]
-        if missing:
-            raise MnistCnnError(
-                f"{self.path}: not exported by mnist-cnn (no {', '.join(missing)} metadata)"
-            )
+        checked = check_onnx_metadata(meta, self.path)
         self.metadata = meta
-        self.classes = list(json.loads(meta["classes"]))
-        self.mean, self.std = float(meta["mean"]), float(meta["std"])
-        self.dataset = meta.get("dataset", "")
+        self.classes = list(checked.classes)
+        self.mean, self.std = checked.mean, checked.std
+        self.dataset = checked.dataset
         self.input_name = self.session.get_inputs()[0].name
+        self._check_graph()
+
+    def _check_graph(self) -> None:
+        """One image through the graph: (1, classes) finite logits, or a one-line refusal."""
+        probe = np.full((1, 1, 28, 28), -self.mean / self.std, np.float32)  # a blank image
+        try:
+            out = self.logits(probe)
+        except Exception as e:  # ORT's own exception types: wrong input shape, bad graph
+            raise MnistCnnError(f"{self.path}: does not take 1 x 28 x 28 images ({e})") from None
+        if out.shape != (1, len(self.classes)):
+            raise MnistCnnError(f"{self.path}: computes {out.shape[-1]} logits, but its metadata "
+                                f"names {len(self.classes)} classes")  # fmt: skip
+        if not np.isfinite(out).all():
+            raise MnistCnnError(f"{self.path}: computes NaN or infinite logits (bad weights)")
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Normalized images (N, 1, 28, 28) float32 -> logits (N, classes)."""

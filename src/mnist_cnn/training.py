@@ -6,10 +6,11 @@ Adam lr 1e-3, batch 100, 15 epochs, torch.manual_seed(777).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,20 +25,22 @@ from .checkpoint import (
     METRICS_FILE,
     STATE_FILE,
     check_architecture,
-    check_state_dict,
     library_versions,
     load_state,
     read_config,
     read_metrics,
+    restore_state,
     write_checkpoint,
 )
 from .datasets import Dataset, load_dataset
-from .device import configure_determinism, seed_everything, select_device
+from .device import DEVICES, configure_determinism, seed_everything, select_device
 from .errors import MnistCnnError
 from .evaluation import evaluate
 from .files import atomic_write_json, remove_stale_temp_files
+from .locks import DirectoryLock
 from .model import ARCHITECTURE, CustomCNN, ModelConfig, count_parameters
-from .recipes import PRECISIONS, RECIPES, SCHEDULES
+from .recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
+from .schema import typed_fields
 
 
 @dataclass
@@ -50,6 +53,7 @@ class TrainConfig:
     epochs: int = 15
     batch_size: int = 100
     lr: float = 1e-3  # Adam; the peak of the one-cycle schedule
+    optimizer: str = "adam"  # or "sgd": plain w -= lr * gradient (wants a larger lr)
     schedule: str = "constant"  # or "onecycle": warm up to lr, then anneal towards 0
     label_smoothing: float = 0.0
     augment: bool | str = False  # augment.py's KINDS by name; True: "handwriting"
@@ -90,14 +94,16 @@ class TrainConfig:
             raise MnistCnnError("--dropout must be in [0, 1)")
         if not isinstance(self.augment, bool) and self.augment not in KINDS:
             raise MnistCnnError(f"augment must be true, false or one of {', '.join(KINDS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise MnistCnnError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
         for name, allowed in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise MnistCnnError(f"--{name} must be one of {', '.join(allowed)}")
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_dict(cls, d: dict, source="config.json") -> TrainConfig:
+        """The settings in ``d`` (a saved run's "training"), each checked against its type."""
+        return cls(**typed_fields(cls, d, source, "training."))
 
 
 @dataclass
@@ -245,12 +251,29 @@ def train(
         if not ranks.main:
             log, progress = (lambda line: None), False
     try:
-        return _train(config, resume, saved, device, ranks, log, progress)
+        with _RunLock(resume, ranks) as lock:  # one writer per run directory
+            return _train(config, resume, saved, device, ranks, log, progress, lock)
     finally:
         distributed.stop()
 
 
-def _train(config, resume, saved, device, ranks, log, progress) -> TrainResult:
+class _RunLock(contextlib.ExitStack):
+    """Holds the run directory's lock on the process that writes it: from the start for a
+    resumed run (a second ``--resume`` exits at once, saying who holds it), from its creation
+    for a new one (``hold``)."""
+
+    def __init__(self, resume, ranks):
+        super().__init__()
+        self.writer = ranks is None or ranks.main
+        if resume is not None:
+            self.hold(Path(resume))
+
+    def hold(self, run_dir: Path) -> None:
+        if self.writer:
+            self.enter_context(DirectoryLock(run_dir, "train"))
+
+
+def _train(config, resume, saved, device, ranks, log, progress, lock) -> TrainResult:
     configure_determinism(config.deterministic, device)
     if ranks is not None and ranks.local_rank != 0:
         distributed.barrier()  # one process per machine finds (or downloads) the data first
@@ -264,9 +287,7 @@ def _train(config, resume, saved, device, ranks, log, progress) -> TrainResult:
     model = CustomCNN(model_config).to(device)
     if device.type in ("cpu", "cuda"):
         model = model.to(memory_format=torch.channels_last)  # NHWC convolutions: faster on both
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.lr, fused=device.type in ("cpu", "cuda") or None
-    )
+    optimizer = _make_optimizer(model, config, device)
     scheduler = _make_scheduler(optimizer, config, len(splits.train_x))
     if resume is not None and config.schedule != "constant":
         planned = saved["training"].get("epochs")
@@ -282,6 +303,7 @@ def _train(config, resume, saved, device, ranks, log, progress) -> TrainResult:
 
         def create() -> Path:
             run_dir = _new_run_dir(config)
+            lock.hold(run_dir)
             # config.json first: a run killed in its first epoch can still be resumed
             first = _run_config(config, data, splits, model, device, [], started)
             atomic_write_json(run_dir / CONFIG_FILE, first)
@@ -308,11 +330,12 @@ def _train(config, resume, saved, device, ranks, log, progress) -> TrainResult:
 
         ids = [device.index] if device.type == "cuda" else None
         step_model = DistributedDataParallel(model, device_ids=ids)
+    eager_model = step_model
     if config.compile:
         step_model = torch.compile(step_model)  # shares the weights
     for epoch in range(len(history), config.epochs):
         record = _train_epoch(step_model, optimizer, scheduler, splits, config, epoch, progress,
-                              ranks)  # fmt: skip
+                              ranks, eager_model)  # fmt: skip
         record.update(_eval_record(model, splits, data, config, ranks))
         history.append(record)
         state = {
@@ -360,13 +383,22 @@ def load_train_config(run_dir: str | Path) -> tuple[dict, TrainConfig]:
     check_architecture(saved, run_dir)
     if not isinstance(saved.get("training"), dict):
         raise MnistCnnError(f"{run_dir / CONFIG_FILE}: has no training settings to resume with")
+    path = run_dir / CONFIG_FILE
+    config = TrainConfig.from_dict(saved["training"], path)
     try:
-        return saved, TrainConfig.from_dict(saved["training"])
-    except TypeError as e:
-        raise MnistCnnError(f"{run_dir / CONFIG_FILE}: bad training settings ({e})") from None
+        config.validate()
+        if config.device.split(":")[0] not in DEVICES:  # its availability is the resumer's matter
+            raise MnistCnnError(f"unknown device {config.device!r}")
+    except MnistCnnError as e:
+        raise MnistCnnError(f"{path}: training: {e}") from None
+    return saved, config
 
 
-_STATE_KEYS = ("epoch", "model", "optimizer", "rng")
+def _make_optimizer(model, config: TrainConfig, device: torch.device):
+    if config.optimizer == "sgd":  # no momentum: each step is the gradient alone, times lr
+        return torch.optim.SGD(model.parameters(), lr=config.lr)
+    fused = device.type in ("cpu", "cuda") or None
+    return torch.optim.Adam(model.parameters(), lr=config.lr, fused=fused)
 
 
 def _make_scheduler(optimizer, config: TrainConfig, n: int):
@@ -383,20 +415,7 @@ def _restore(run_dir: Path, model, optimizer, scheduler, device, ranks=None) -> 
     state = load_state(run_dir)
     if state is None:
         return []  # killed during its first epoch: start it again
-    path = run_dir / STATE_FILE
-    missing = [k for k in _STATE_KEYS if k not in state]
-    if missing:
-        raise MnistCnnError(f"{path}: not a resume state (missing {', '.join(missing)})")
-    check_state_dict(model, state["model"], path)
-    model.load_state_dict(state["model"])
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-    except (ValueError, KeyError) as e:
-        raise MnistCnnError(f"{path}: optimizer state does not fit ({e})") from None
-    if scheduler is not None:
-        if not state.get("scheduler"):
-            raise MnistCnnError(f"{path}: has no learning-rate schedule state to resume")
-        scheduler.load_state_dict(state["scheduler"])
+    restore_state(state, run_dir / STATE_FILE, model, optimizer, scheduler, _rng_state(device))
     rng = state["rng"]
     if ranks is not None and len(state.get("rng_ranks") or []) == ranks.world_size:
         rng = state["rng_ranks"][ranks.rank]  # each rank's own, when the world is the same
@@ -412,8 +431,18 @@ def _restore(run_dir: Path, model, optimizer, scheduler, device, ranks=None) -> 
 
 
 def _train_epoch(
-    model, optimizer, scheduler, splits: _Splits, config: TrainConfig, epoch, progress, ranks=None
+    model,
+    optimizer,
+    scheduler,
+    splits: _Splits,
+    config: TrainConfig,
+    epoch,
+    progress,
+    ranks=None,
+    eager_model=None,
 ) -> dict:
+    """One epoch of steps. ``eager_model`` (the uncompiled ``model``, same weights) takes the
+    epoch's last, smaller batch, for which a compiled model would compile a second graph."""
     from tqdm import tqdm
 
     device = splits.train_x.device
@@ -437,7 +466,7 @@ def _train_epoch(
         x = augment_batch(x, config.augment)
         x = ((x - splits.mean) / splits.std).contiguous(memory_format=torch.channels_last)
         with autocast:
-            logits = model(x)
+            logits = (model if size == bs or eager_model is None else eager_model)(x)
         if ranks is None:
             loss = F.cross_entropy(
                 logits.float(), splits.train_y[idx], label_smoothing=config.label_smoothing
