@@ -30,14 +30,22 @@ def plain_resize(data: bytes) -> np.ndarray:
     return np.asarray(img, np.float32) / 255.0
 
 
-def evaluate(run: str, count: int, seed: int, data_dir=None) -> dict:
-    predictor = Predictor.from_run(run)
-    data = load_dataset(predictor.model.dataset, data_dir)
+def render_set(dataset: str, count: int, seed: int, data_dir=None, digits_too: bool = False):
+    """``count`` test digits (picked by ``seed``) rendered as files, the styles in turn:
+    (files, labels, styles), and the digits themselves if ``digits_too``."""
+    data = load_dataset(dataset, data_dir)
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(data.test_images), size=count, replace=False)
     digits, labels = data.test_images[pick].numpy(), data.test_labels[pick].numpy()
     styles = [STYLES[i % len(STYLES)] for i in range(count)]
     files = [render(d, s, rng) for d, s in zip(digits, styles, strict=True)]
+    return (files, labels, styles, digits) if digits_too else (files, labels, styles)
+
+
+def evaluate(run: str, count: int, seed: int, data_dir=None) -> dict:
+    predictor = Predictor.from_run(run)
+    files, labels, styles, digits = render_set(predictor.model.dataset, count, seed, data_dir,
+                                               digits_too=True)  # fmt: skip
 
     ours = np.stack([predictor.preprocess(io.BytesIO(f)).image for f in files])
     plain = np.stack([plain_resize(f) for f in files])

@@ -53,7 +53,7 @@ def test_realistic_images_score_close_to_mnist_and_plain_resize_does_not(real_ru
 def test_records_and_top_k(real_run, test_digits):
     predictor = Predictor.from_run(real_run.run_dir)
     record = predictor.predict(test_digits[0][0], top_k=4)
-    assert set(record) == {"file", "label", "class", "probability", "top_k"}
+    assert set(record) == {"file", "label", "class", "probability", "unsure", "top_k"}
     assert len(record["top_k"]) == 4
     probs = [t["probability"] for t in record["top_k"]]
     assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6

@@ -87,7 +87,7 @@ def test_predict_upload_matches_the_cli(served, real_run, test_digits, tmp_path,
     status, _, data = served.request("POST", "/v1/predict", body, headers)
     record = json.loads(data)
     assert status == 200
-    assert set(record) == set(cli) == {"file", "label", "class", "probability", "top_k"}
+    assert set(record) == set(cli) == {"file", "label", "class", "probability", "unsure", "top_k"}
     assert record["file"] == "seven.png"
     assert (record["label"], record["class"]) == (cli["label"], cli["class"])
     assert record["probability"] == pytest.approx(cli["probability"], abs=1e-5)

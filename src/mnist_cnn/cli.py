@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--augment",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="random shifts, rotations and scaling of each batch (default off)",
+        help="augment each batch like people's handwriting: slant, stroke width, elastic "
+        "wobble, shifts, rotations, scaling (default off; the best recipe: shifts, rotations, "
+        "scaling)",
     )
     t.add_argument(
         "--precision",
@@ -548,8 +550,9 @@ def format_predictions(records: list[dict]) -> str:
             lines.append(f"{r['file'] or '':<{width}}  error: {r['error']}")
             continue
         top = "  ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r["top_k"])
+        label = f"{r['class']}{' (unsure)' if r.get('unsure') else ''}"
         lines.append(
-            f"{r['file'] or '':<{width}}  {r['class']:<14} {100 * r['probability']:5.1f}%  {top}"
+            f"{r['file'] or '':<{width}}  {label:<14} {100 * r['probability']:5.1f}%  {top}"
         )
     return "\n".join(lines)
 

@@ -129,7 +129,23 @@ class Predictor:
             {"label": int(k), "class": self.classes[k], "probability": float(probs[k])}
             for k in order
         ]
-        return {"file": name, **top[0], "top_k": top}
+        return {"file": name, **top[0], "unsure": is_unsure(probs), "top_k": top}
+
+    @staticmethod
+    def is_unsure(probs: np.ndarray) -> bool:
+        return is_unsure(probs)
+
+
+# When to call an answer unsure, calibrated on the real-handwriting development set
+# (benchmarks/handwriting.py): a low top-1 probability, or a second class close behind.
+UNSURE_BELOW = 0.5  # top-1 probability
+UNSURE_RATIO = 0.35  # second / first
+
+
+def is_unsure(probs: np.ndarray) -> bool:
+    """Whether the model's answer for one image (its class probabilities) is not to be trusted."""
+    first, second = np.sort(np.asarray(probs, np.float64))[::-1][:2]
+    return bool(first < UNSURE_BELOW or second > UNSURE_RATIO * first)
 
 
 def _is_batch(images) -> bool:

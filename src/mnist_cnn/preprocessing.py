@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import ink as ink_
 from .errors import MnistCnnError
 
 DEFAULT_MAX_PIXELS = 40_000_000  # refuse larger images (decompression bombs)
@@ -186,21 +187,8 @@ def to_mnist(gray: np.ndarray, style: str = "mnist") -> Preprocessed:
         return _to_fashion(gray)
     if style != "mnist":
         raise ValueError(f"unknown preprocessing style {style!r} (known: {', '.join(STYLES)})")
-    steps, inverted, ink = _ink(gray)
-    mask = ink > _otsu(ink)
-    if mask.sum() < 3 or ink[mask].mean() < 0.05:
-        raise ImageError("no ink found (a blank or nearly uniform image)")
-    # Stretch so strokes are fully bright and paper noise is black, keeping the soft edges
-    # (MNIST's anti-aliasing) between the two.
-    paper = ink[~mask]  # mostly background, plus the strokes' faint fringe
-    if paper.size:
-        median = _quantile(paper, 50)
-        floor = median + 3 * 1.4826 * _quantile(np.abs(paper - median), 50)  # noise level
-    else:
-        floor = 0.0
-    scale = _quantile(ink[mask], 95)
-    ink = np.clip((ink - floor) / max(scale - floor, 1e-6), 0, 1).astype(np.float32)
-    steps["ink"] = ink
+    steps: dict[str, np.ndarray] = {"input": gray}
+    inverted, ink = _digit_ink(gray, steps)
     top, bottom, left, right = _bounding_box(ink)
     crop = _thicken(ink[top:bottom, left:right])
     steps["crop"] = crop
@@ -209,6 +197,62 @@ def to_mnist(gray: np.ndarray, style: str = "mnist") -> Preprocessed:
     image = _center_by_mass(boxed, SIZE)
     steps["mnist"] = image
     return Preprocessed(image=image, steps=steps, inverted=inverted)
+
+
+def _digit_ink(gray: np.ndarray, steps: dict, depth: int = 0) -> tuple[bool, np.ndarray]:
+    """(whether the image was dark ink on light, the digit's ink 0..1 bright on black, cropped
+    near it at up to 2 * 8 * BOX pixels a side); the other ink (specks, shadows, lines, frames)
+    is gone. Found on a reduced copy (ink.py), cut from the full image."""
+    inverted = _background_is_light(gray)
+    x = (1.0 - gray if inverted else gray).astype(np.float32, copy=False)  # ink bright
+    if depth == 0:
+        steps["polarity"] = x
+    small, f = ink_.reduce(x, ink_.WORK_SIDE)
+    bg = ink_.background(small, ink_.stroke_width(small > _otsu(small)))
+    residual = small - bg  # >= 0: an opening never rises above the image
+    threshold = _otsu(residual)
+    mask = residual > threshold
+    if mask.sum() < 3 or residual[mask].mean() < 0.05:
+        raise ImageError("no ink found (a blank or nearly uniform image)")
+    labels, comps = ink_.components(mask, residual)
+    inside = ink_.frame_inside(labels, comps) if depth < 2 else None
+    if inside is not None:  # a digit in a frame or a box: look again inside it
+        t, b, left, r = (v * f for v in inside)
+        return _digit_ink(gray[t:b, left:r], steps, depth + 1)
+    keep = ink_.digit_parts(labels, comps)
+    rows, cols = np.flatnonzero(keep.any(1)), np.flatnonzero(keep.any(0))
+    box = (max(rows[0] - 1, 0), rows[-1] + 2, max(cols[0] - 1, 0), cols[-1] + 2)  # work pixels
+    t, b, left, r = (v * f for v in box)
+    crop, g = ink_.reduce(x[t:b, left:r], 2 * 8 * BOX)
+    near = ink_.grow(keep[box[0] : box[1], box[2] : box[3]])
+    size = crop.shape[::-1]
+    bg_crop = _resize(bg[box[0] : box[1], box[2] : box[3]], size, Image.Resampling.BILINEAR)
+    near_crop = _resize(near.astype(np.float32), size, Image.Resampling.NEAREST)
+    ink = np.clip(crop - bg_crop, 0, None) * near_crop
+    ink, floor, scale = _stretch(ink, threshold)
+    steps["ink"] = np.clip((residual * keep - floor) / max(scale - floor, 1e-6), 0, 1)
+    return inverted, ink
+
+
+def _resize(a: np.ndarray, size: tuple[int, int], resample) -> np.ndarray:
+    if a.shape[::-1] == tuple(size):
+        return a
+    img = Image.fromarray(np.ascontiguousarray(a, np.float32), mode="F")
+    return np.asarray(img.resize(size, resample), np.float32)
+
+
+def _stretch(ink: np.ndarray, threshold: float) -> tuple[np.ndarray, float, float]:
+    """Strokes fully bright, paper noise black, the soft edges (MNIST's anti-aliasing) between:
+    (the ink so stretched, the paper's noise floor, the strokes' level)."""
+    mask = ink > threshold
+    paper = ink[~mask]  # mostly background, plus the strokes' faint fringe
+    if paper.size:
+        median = _quantile(paper, 50)
+        floor = median + 3 * 1.4826 * _quantile(np.abs(paper - median), 50)  # noise level
+    else:
+        floor = 0.0
+    scale = _quantile(ink[mask], 95) if mask.any() else float(ink.max())
+    return np.clip((ink - floor) / max(scale - floor, 1e-6), 0, 1).astype(np.float32), floor, scale
 
 
 def _ink(gray: np.ndarray) -> tuple[dict, bool, np.ndarray]:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
-from .augment import random_affine
+from .augment import KINDS, augment_batch
 from .checkpoint import (
     CONFIG_FILE,
     FORMAT_VERSION,
@@ -48,8 +48,8 @@ from .files import atomic_write_json, remove_stale_temp_files
 from .locks import DirectoryLock
 from .model import ARCHITECTURE, CustomCNN, ModelConfig, count_parameters
 from .recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
-from .schema import typed_fields
 from .run_log import RunLog
+from .schema import typed_fields
 
 
 @dataclass
@@ -65,7 +65,7 @@ class TrainConfig:
     optimizer: str = "adam"  # or "sgd": plain w -= lr * gradient (wants a larger lr)
     schedule: str = "constant"  # or "onecycle": warm up to lr, then anneal towards 0
     label_smoothing: float = 0.0
-    augment: bool = False  # random shifts, rotations and scaling of every batch
+    augment: bool | str = False  # augment.py's KINDS by name; True: "handwriting"
     precision: str = "fp32"  # "bf16": autocast; "auto": bf16 where the device computes it natively
     compile: bool = False  # torch.compile the training step's model (pays off on GPUs)
     seed: int = 777  # model init, dropout, shuffling, augmentation and the validation split
@@ -102,6 +102,8 @@ class TrainConfig:
             raise MnistCnnError("--label-smoothing must be in [0, 1)")
         if not 0 <= self.dropout < 1:
             raise MnistCnnError("--dropout must be in [0, 1)")
+        if not isinstance(self.augment, bool) and self.augment not in KINDS:
+            raise MnistCnnError(f"augment must be true, false or one of {', '.join(KINDS)}")
         if self.optimizer not in OPTIMIZERS:
             raise MnistCnnError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
         for name, allowed in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
@@ -481,8 +483,7 @@ def _train_epoch(
         if ranks is not None:
             idx = ranks.shard(idx)
         x = splits.train_x[idx].float() / 255  # (B, 1, 28, 28) in 0..1
-        if config.augment:
-            x = random_affine(x)
+        x = augment_batch(x, config.augment)
         x = ((x - splits.mean) / splits.std).contiguous(memory_format=torch.channels_last)
         with autocast:
             logits = (model if size == bs or eager_model is None else eager_model)(x)

@@ -217,9 +217,15 @@ function show(record) {
   errorEl.textContent = "";
   labelEl.textContent = record.class;
   labelEl.classList.toggle("long", record.class.length > 2);
-  verdictEl.textContent = `It looks like ${/^\d$/.test(record.class) ? "a " : ""}${record.class}`;
-  confidenceEl.textContent = `${(100 * record.probability).toFixed(1)}% sure`;
-  badge.textContent = `${record.class} · ${(100 * record.probability).toFixed(0)}%`;
+  const article = /^\d$/.test(record.class) ? "a " : "";
+  const second = record.top_k[1];
+  // the model is unsure (calibrated on real handwriting): say so, and name the runner-up
+  verdictEl.textContent = record.unsure
+    ? `Not sure: perhaps ${article}${record.class}${second ? ` or ${second.class}` : ""}`
+    : `It looks like ${article}${record.class}`;
+  confidenceEl.textContent = `${(100 * record.probability).toFixed(1)}% ${record.unsure ? "(unsure)" : "sure"}`;
+  verdictEl.classList.toggle("unsure", Boolean(record.unsure));
+  badge.textContent = `${record.class}${record.unsure ? "?" : ""} · ${(100 * record.probability).toFixed(0)}%`;
   const probs = new Array(classes.length).fill(0);
   for (const t of record.top_k) probs[t.label] = t.probability;
   bars.querySelectorAll("li").forEach((li, i) => {
@@ -235,6 +241,7 @@ function show(record) {
     seenCtx.putImageData(data, 0, 0);
   }
   document.body.dataset.predicted = record.class; // for tests and screen readers' sake
+  document.body.dataset.unsure = String(Boolean(record.unsure));
 }
 
 function reset(cancel = true) {
@@ -243,6 +250,7 @@ function reset(cancel = true) {
   labelEl.classList.remove("long");
   verdictEl.textContent = document.querySelector("h1").firstChild.textContent.trim();
   confidenceEl.textContent = "";
+  verdictEl.classList.remove("unsure");
   badge.textContent = "";
   errorEl.textContent = "";
   bars.querySelectorAll("li").forEach((li) => {
@@ -254,6 +262,7 @@ function reset(cancel = true) {
   featureSequence++;
   stagesEl.querySelectorAll("canvas").forEach((c) => c.getContext("2d").clearRect(0, 0, c.width, c.height));
   delete document.body.dataset.predicted;
+  delete document.body.dataset.unsure;
 }
 
 function undo() {
