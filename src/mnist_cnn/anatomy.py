@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -260,51 +261,155 @@ def rotate_images(images: torch.Tensor, degrees: float) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def ink_margins(images: torch.Tensor) -> torch.Tensor:
+    """Empty rows and columns around each image's ink: (N, 4) as top, bottom, left, right.
+
+    A shift by (dx, dy) keeps every ink pixel inside the frame exactly when
+    -left <= dx <= right and -top <= dy <= bottom. A blank image has margins of its full size.
+    """
+    ink = images.reshape(len(images), *images.shape[-2:]) > 0  # (N, H, W)
+    h, w = ink.shape[-2:]
+
+    def margins(present: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.arange(size, device=present.device)
+        first = torch.where(present, index, size).amin(dim=1)
+        last = torch.where(present, index, -1).amax(dim=1)
+        blank = last < 0
+        return first.masked_fill(blank, size), (size - 1 - last).masked_fill(blank, size)
+
+    top, bottom = margins(ink.any(dim=2), h)
+    left, right = margins(ink.any(dim=1), w)
+    return torch.stack([top, bottom, left, right], dim=1)
+
+
+def ink_lost_by_shift(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """The fraction of each image's ink (its pixel sum) that a shift moves out of the frame."""
+    x = images.float()
+    total = x.sum(dim=(1, 2, 3))
+    kept = shift_images(x, dx, dy).sum(dim=(1, 2, 3))
+    return torch.where(total > 0, 1 - kept / total.clamp(min=1e-12), torch.zeros_like(total))
+
+
+def ink_lost_by_rotation(images: torch.Tensor, degrees: float) -> torch.Tensor:
+    """The fraction of each image's ink whose pixel centres a rotation about the image centre
+    carries out of the frame (interpolation aside, what the rotated image can no longer show)."""
+    n, _, h, w = images.shape
+    ys, xs = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2,
+                            indexing="ij")  # fmt: skip
+    t = math.radians(degrees)
+    rx = math.cos(t) * xs + math.sin(t) * ys  # counter-clockwise on screen (y points down)
+    ry = -math.sin(t) * xs + math.cos(t) * ys
+    outside = (rx.abs() > w / 2) | (ry.abs() > h / 2)  # (H, W)
+    x = images.float().reshape(n, h, w).cpu()
+    total = x.sum(dim=(1, 2))
+    lost = (x * outside).sum(dim=(1, 2))
+    return torch.where(total > 0, lost / total.clamp(min=1e-12), torch.zeros_like(total))
+
+
 @torch.no_grad()
-def accuracy_under(model: CustomCNN, images: torch.Tensor, labels: torch.Tensor,
-                   transform, mean: float, std: float, batch: int = 1000) -> float:  # fmt: skip
-    """Test accuracy when every image (uint8 (N, 1, H, W)) first goes through ``transform``
-    (on 0..1 pixels, before normalization)."""
+def correct_under(
+    model: CustomCNN, images: torch.Tensor, labels: torch.Tensor, transform, mean: float,
+    std: float, batch: int = 1000,
+) -> torch.Tensor:  # fmt: skip
+    """Which images (uint8 (N, 1, H, W)) the model still gets right after ``transform`` (on
+    0..1 pixels, before normalization): a bool tensor (N,) on the CPU."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    right = 0
+    right = []
     try:
         for i in range(0, len(images), batch):
             x = images[i : i + batch].to(device).float().div_(255)
             x = normalize(transform(x), mean, std)
-            right += int((model(x).argmax(1) == labels[i : i + batch].to(device)).sum())
+            right.append((model(x).argmax(1) == labels[i : i + batch].to(device)).cpu())
     finally:
         model.train(was_training)
-    return right / len(images)
+    return torch.cat(right) if right else torch.zeros(0, dtype=torch.bool)
+
+
+def accuracy_under(model: CustomCNN, images: torch.Tensor, labels: torch.Tensor,
+                   transform, mean: float, std: float, batch: int = 1000) -> float:  # fmt: skip
+    """Test accuracy when every image (uint8 (N, 1, H, W)) first goes through ``transform``
+    (on 0..1 pixels, before normalization)."""
+    return float(correct_under(model, images, labels, transform, mean, std, batch).float().mean())
+
+
+def _mean(values: torch.Tensor) -> float:
+    return float(values.float().mean()) if len(values) else float("nan")
 
 
 def probe_shift(model, images, labels, mean, std, shifts=range(-6, 7)) -> dict:
-    """Accuracy with every test image moved horizontally, and separately vertically."""
-    x = [accuracy_under(model, images, labels, lambda t, s=s: shift_images(t, s, 0), mean, std)
-         for s in shifts]  # fmt: skip
-    y = [accuracy_under(model, images, labels, lambda t, s=s: shift_images(t, 0, s), mean, std)
-         for s in shifts]  # fmt: skip
-    return {"kind": "shift", "values": list(shifts), "unit": "pixels",
-            "accuracy": {"horizontal": x, "vertical": y}, "images": len(images)}  # fmt: skip
+    """Accuracy with the test images moved horizontally, and separately vertically, measured
+    so that lost ink cannot pass for missing invariance.
+
+    A digit shifted past its margin loses ink at the frame's edge (MNIST's digits are 20
+    pixels tall in a 28-pixel frame, so a vertical shift of 5 or more cuts most of them). For
+    each shift, ``accuracy`` is measured on the digits whose ink all stays inside (``kept``
+    of them), next to the same digits unshifted (``unshifted``): the difference is what the
+    move alone costs. ``cut`` is the accuracy over every digit with the ink that leaves the
+    frame cut off, and ``ink_lost`` the mean fraction of ink that shift cuts off.
+    """
+    shifts = list(shifts)
+    images = images.cpu()
+    margin = ink_margins(images)  # (N, 4): top, bottom, left, right
+    base = correct_under(model, images, labels, lambda t: t, mean, std)
+    result = {"kind": "shift", "values": shifts, "unit": "pixels", "images": len(images)}
+    for key in ("accuracy", "unshifted", "kept", "cut", "ink_lost"):
+        result[key] = {"horizontal": [], "vertical": []}
+    for axis, (before, after) in (("horizontal", (2, 3)), ("vertical", (0, 1))):
+        for s in shifts:
+            dx, dy = (s, 0) if axis == "horizontal" else (0, s)
+            keep = (margin[:, before] >= -s) & (margin[:, after] >= s)
+            move = partial(shift_images, dx=dx, dy=dy)
+            right = correct_under(model, images, labels, move, mean, std)
+            result["accuracy"][axis].append(_mean(right[keep]))
+            result["unshifted"][axis].append(_mean(base[keep]))
+            result["kept"][axis].append(int(keep.sum()))
+            result["cut"][axis].append(_mean(right))
+            result["ink_lost"][axis].append(_mean(ink_lost_by_shift(images, dx, dy)))
+    return result
 
 
 def probe_rotate(model, images, labels, mean, std, angles=range(-45, 46, 5)) -> dict:
-    """Accuracy with every test image rotated by each angle."""
+    """Accuracy with every test image rotated by each angle, and the ink each angle carries
+    out of the frame (little: MNIST's corners are empty)."""
+    angles = list(angles)
     acc = [accuracy_under(model, images, labels, lambda t, a=a: rotate_images(t, a), mean, std)
            for a in angles]  # fmt: skip
-    return {"kind": "rotate", "values": list(angles), "unit": "degrees",
-            "accuracy": {"rotation": acc}, "images": len(images)}  # fmt: skip
+    lost = [_mean(ink_lost_by_rotation(images, a)) for a in angles]
+    return {"kind": "rotate", "values": angles, "unit": "degrees",
+            "accuracy": {"rotation": acc}, "ink_lost": {"rotation": lost},
+            "images": len(images)}  # fmt: skip
+
+
+def _pct(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:.2f}%"
 
 
 def format_probe(result: dict) -> str:
-    curves = result["accuracy"]
-    unit = result["unit"]
-    head = f"{result['kind'] + ' (' + unit + ')':<18}" + "".join(f"{k:>13}" for k in curves)
-    lines = [head]
-    for i, v in enumerate(result["values"]):
-        lines.append(f"{v:>+18d}" + "".join(f"{100 * c[i]:>12.2f}%" for c in curves.values()))
-    return "\n".join(lines)
+    """The probe command's table: one block per direction of a shift, one table for rotation."""
+    if result["kind"] == "rotate":
+        lines = [f"{'rotation (degrees)':<20}{'accuracy':>10}{'ink lost':>10}"]
+        for i, v in enumerate(result["values"]):
+            lines.append(f"{v:>+20d}{_pct(result['accuracy']['rotation'][i]):>10}"
+                         f"{_pct(result['ink_lost']['rotation'][i]):>10}")  # fmt: skip
+        return "\n".join(lines)
+    n = result["images"]
+    lines = []
+    for axis, sense in (("horizontal", "+ right, - left"), ("vertical", "+ down, - up")):
+        lines += [f"{axis} shift (pixels; {sense})",
+                  f"{'':7}{'digits whose ink stays inside':<33}{'all digits, ink cut off':<24}",
+                  f"{'shift':>6}{'kept':>14}{'shifted':>9}{'unshifted':>10}"
+                  f"{'accuracy':>11}{'ink lost':>10}"]  # fmt: skip
+        for i, v in enumerate(result["values"]):
+            kept = result["kept"][axis][i]
+            share = f"{kept:,} ({100 * kept / n:.0f}%)" if n else "0"
+            lines.append(f"{v:>+6d}{share:>14}{_pct(result['accuracy'][axis][i]):>9}"
+                         f"{_pct(result['unshifted'][axis][i]):>10}"
+                         f"{_pct(result['cut'][axis][i]):>11}"
+                         f"{_pct(result['ink_lost'][axis][i]):>10}")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines[:-1])
 
 
 def feature_panel(model: CustomCNN, x: torch.Tensor, deep_channels: int = 16) -> list[dict]:

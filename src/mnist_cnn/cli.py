@@ -240,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("probe", help="test accuracy as the test images shift or rotate")
     pr.add_argument("run", metavar="RUN", help="run directory or a model.safetensors in one")
     kind = pr.add_mutually_exclusive_group(required=True)
-    kind.add_argument("--shift", action="store_true", help="-6..+6 pixels, each axis")
+    kind.add_argument("--shift", action="store_true",
+                      help="-6..+6 pixels, each axis, on the digits whose ink stays in the "
+                           "frame (and, apart, all digits with their ink cut off)")  # fmt: skip
     kind.add_argument("--rotate", action="store_true", help="-45..+45 degrees in steps of 5")
     pr.add_argument("--out", metavar="DIR", help="also write the plot and the numbers here")
     pr.add_argument("--limit", type=int, metavar="N", help="use the first N test images")

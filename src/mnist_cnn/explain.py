@@ -257,24 +257,65 @@ once and give one score per class; softmax turns the scores into probabilities.<
 
 def write_probe(result: dict, out_dir) -> Path:
     """DIR/probe-<kind>.png and .json for a probe result; returns the PNG's path."""
-    import matplotlib.pyplot as plt
-
     out = prepare_output(out_dir, "--out")
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for name, acc in result["accuracy"].items():
-        ax.plot(result["values"], [100 * a for a in acc], marker="o", label=name)
-    ax.set_xlabel(f"{result['kind']} ({result['unit']})")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.axvline(0, color="#999", lw=0.8)
-    if len(result["accuracy"]) > 1:
-        ax.legend()
-    what = "shifted" if result["kind"] == "shift" else "rotated"
-    ax.set_title(f"How translation-invariant is it? {result['images']:,} test images {what}"
-                 if result["kind"] == "shift" else
-                 f"Rotation: {result['images']:,} test images {what}", fontsize=10)  # fmt: skip
+    fig = _plot_shift(result) if result["kind"] == "shift" else _plot_rotation(result)
     png = out / f"probe-{result['kind']}.png"
     atomic_write_bytes(png, _png(fig))
     atomic_write_text(out / f"probe-{result['kind']}.json", json.dumps(result, indent=2) + "\n")
     return png
+
+
+def _plot_shift(result: dict):
+    """Per direction: accuracy on the digits kept whole (shifted and not), on all digits with
+    ink cut off; below it, how many digits stay whole and how much ink the shift cuts off."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True,
+                             gridspec_kw={"height_ratios": [2, 1]})  # fmt: skip
+    v, n = result["values"], max(result["images"], 1)
+    for col, (axis, sense) in enumerate((("horizontal", "left - / + right"),
+                                         ("vertical", "up - / + down"))):  # fmt: skip
+        top, bottom = axes[0, col], axes[1, col]
+        pct = {k: [100 * a for a in result[k][axis]] for k in ("accuracy", "unshifted", "cut")}
+        top.plot(v, pct["accuracy"], marker="o", color="C0", label="digits kept whole, shifted")
+        top.plot(v, pct["unshifted"], ls="--", color="C0", alpha=0.6,
+                 label="the same digits, not shifted")  # fmt: skip
+        top.plot(v, pct["cut"], marker=".", ls=":", color="C3",
+                 label="all digits, ink cut off at the edge")  # fmt: skip
+        top.set_title(f"{axis} shift", fontsize=10)
+        top.set_ylabel("test accuracy (%)")
+        top.set_ylim(0, 100)
+        kept = [100 * k / n for k in result["kept"][axis]]
+        lost = [100 * a for a in result["ink_lost"][axis]]
+        bottom.bar(v, kept, color="C0", alpha=0.35, label="digits kept whole")
+        bottom.plot(v, lost, marker=".", color="C3", label="ink cut off (mean)")
+        bottom.set_ylim(0, 100)
+        bottom.set_ylabel("% of test digits / ink")
+        bottom.set_xlabel(f"shift (pixels; {sense})")
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+            ax.axvline(0, color="#999", lw=0.8)
+    axes[0, 0].legend(fontsize=8, loc="lower center")
+    axes[1, 0].legend(fontsize=8, loc="lower center")
+    fig.suptitle(f"How translation-invariant is it? {result['images']:,} test images, shifted",
+                 fontsize=11)  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def _plot_rotation(result: dict):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    v = result["values"]
+    ax.plot(v, [100 * a for a in result["accuracy"]["rotation"]], marker="o", label="accuracy")
+    ax.plot(v, [100 * a for a in result["ink_lost"]["rotation"]], marker=".", color="C3",
+            label="ink carried out of the frame (mean)")  # fmt: skip
+    ax.set_xlabel(f"rotation ({result['unit']}; + counter-clockwise)")
+    ax.set_ylabel("% of test images / ink")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.axvline(0, color="#999", lw=0.8)
+    ax.legend(fontsize=8, loc="center right")
+    ax.set_title(f"Rotation: {result['images']:,} test images rotated", fontsize=10)
+    return fig

@@ -428,3 +428,28 @@ def preprocess(source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Preprocessed:
         if isinstance(source, (str, os.PathLike)):
             raise ImageError(f"{Path(source)}: {e}") from None
         raise
+
+
+def as_drawn(gray: np.ndarray) -> Preprocessed:
+    """The whole image shrunk to 28x28, ink bright: no box, no centring (the drawing page's
+    "as drawn" switch). Where the ink is in the picture is where the model sees it, so a
+    digit moved across the picture moves across the model's input, as in ``probe --shift``.
+
+    A non-square image is padded to a square with its background first; the shrinking
+    averages each block of pixels (box filter), as MNIST's own anti-aliasing did.
+    """
+    inverted = _background_is_light(gray)
+    x = (1.0 - gray if inverted else gray).astype(np.float32)  # ink bright, background dark
+    x = np.clip(x - _quantile(x, 50), 0, None)  # paper's own tone (most pixels) is black
+    h, w = x.shape
+    side = max(h, w)
+    square = np.zeros((side, side), np.float32)
+    square[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = x
+    small = Image.fromarray(square).resize((SIZE, SIZE), Image.Resampling.BOX)
+    image = np.asarray(small, dtype=np.float32)
+    top = float(image.max())
+    if top < 0.05:
+        raise ImageError("no ink found (a blank or nearly uniform image)")
+    image = np.clip(image / top, 0, 1).astype(np.float32)  # the strongest stroke is white
+    steps = {"input": gray, "polarity": x, "mnist": image}
+    return Preprocessed(image=image, steps=steps, inverted=inverted)

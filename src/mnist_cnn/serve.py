@@ -53,6 +53,7 @@ from .preprocessing import (
     ImageError,
     Preprocessed,
     UnsupportedImage,
+    as_drawn,
     load_image,
     open_image,
     to_mnist,
@@ -100,6 +101,11 @@ PREDICT_BODY = {
         },
     }
 }
+
+# ?as_drawn=true: the whole image shrunk to 28x28, not boxed and centred (the page's switch for
+# watching what a moved digit does to the answer and the feature maps)
+AS_DRAWN_STYLE = "as-drawn"
+AS_DRAWN = Query(False, description="skip the box and centring: the whole image as 28x28")
 
 
 class ApiError(Exception):
@@ -367,7 +373,7 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
                 "features": features}  # fmt: skip
 
     @app.post("/v1/features", openapi_extra=PREDICT_BODY)
-    async def feature_maps(request: Request):
+    async def feature_maps(request: Request, as_drawn: bool = AS_DRAWN):
         """The image's feature maps after each block's ReLU, for the drawing page's panel.
 
         Same input as ``/v1/predict``. Layer1's 32 maps, then the 16 most active of layer2 and
@@ -380,7 +386,7 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
         from .anatomy import feature_panel
         from .evaluation import normalize
 
-        name, pre = await _read_input(request)
+        name, pre = await _read_input(request, as_drawn=as_drawn)
         net = torch_model
         device = next(net.model.parameters()).device
         x = normalize(torch.from_numpy(pre.image[None]).to(device), net.mean, net.std)
@@ -391,6 +397,7 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
         request: Request,
         top_k: int = Query(3, ge=1, le=len(info.classes), description="classes to return"),
         image: bool = Query(False, description="also return the 28x28 image the model saw"),
+        as_drawn: bool = AS_DRAWN,
     ) -> dict:
         """Classify one image: multipart field ``file``, or JSON ``{"pixels": [[...]]}``.
 
@@ -405,7 +412,7 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
             counted = True
 
         try:
-            name, pre = await _read_input(request, arrived)
+            name, pre = await _read_input(request, arrived, as_drawn=as_drawn)
         finally:
             if counted:  # queued next (no await in between), or failed
                 batcher.pending -= 1
@@ -423,10 +430,12 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(workers, fn, *args)
 
-    async def _read_input(request: Request, arrived=lambda: None):
+    async def _read_input(request: Request, arrived=lambda: None, as_drawn: bool = False):
         """The request's image, preprocessed: (its file name or None, Preprocessed).
 
-        ``arrived()`` is called once the body has been received, before preprocessing."""
+        ``arrived()`` is called once the body has been received, before preprocessing;
+        ``as_drawn`` shrinks the whole image instead (no box, no centring)."""
+        style = AS_DRAWN_STYLE if as_drawn else predictor.style
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
             form = await _read_form(request, max_body)
@@ -441,7 +450,7 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
             img = open_upload(data)
             small = img.width * img.height <= INLINE_PIXELS
             # decoded and preprocessed in one go: a queued large upload holds only its bytes
-            pre = await offload(_decode_and_preprocess, img, max_pixels, predictor.style,
+            pre = await offload(_decode_and_preprocess, img, max_pixels, style,
                                 small=small)  # fmt: skip
             return upload.filename, pre
         if kind == "application/json" or kind.endswith("+json"):
@@ -453,7 +462,7 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
                 raise ApiError(422, f"malformed JSON ({e})") from None
             except RecursionError:
                 raise ApiError(422, "malformed JSON (nested too deeply)") from None
-            return None, _to_mnist(parse_pixels(payload), predictor.style)
+            return None, _to_mnist(parse_pixels(payload), style)
         raise ApiError(
             415,
             'send an image as multipart/form-data field "file", or JSON {"pixels": [[...]]}'
@@ -490,7 +499,7 @@ def _decode_and_preprocess(img, max_pixels: int, style: str) -> Preprocessed:
 
 def _to_mnist(gray: np.ndarray, style: str) -> Preprocessed:
     try:
-        return to_mnist(gray, style)
+        return as_drawn(gray) if style == AS_DRAWN_STYLE else to_mnist(gray, style)
     except ImageError as e:
         raise ApiError(422, str(e)) from None
 

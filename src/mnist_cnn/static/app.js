@@ -158,7 +158,7 @@ async function sendFeatures(blob, id = ++featureSequence) {
   const form = new FormData();
   form.append("file", blob, "drawing.png");
   try {
-    const response = await fetch("/v1/features", { method: "POST", body: form });
+    const response = await fetch(`/v1/features${asDrawn() ? "?as_drawn=true" : ""}`, { method: "POST", body: form });
     if (!response.ok || id !== featureSequence) return;
     showFeatures((await response.json()).stages);
   } catch (err) { /* the answer itself already reports errors */ }
@@ -199,7 +199,7 @@ async function send(blob, name, id = ++sequence) {
   const form = new FormData();
   form.append("file", blob, name);
   try {
-    const response = await fetch(`/v1/predict?image=true&top_k=${classes.length || 10}`, { method: "POST", body: form });
+    const response = await fetch(`/v1/predict?image=true&top_k=${classes.length || 10}${asDrawn() ? "&as_drawn=true" : ""}`, { method: "POST", body: form });
     const body = await response.json();
     if (id !== sequence) return;
     if (!response.ok) throw new Error(body.error || response.statusText);
@@ -273,6 +273,8 @@ function undo() {
 
 function clear() {
   strokes = [];
+  moved = [0, 0];
+  showMoved();
   redraw();
   reset();
 }
@@ -301,6 +303,49 @@ document.getElementById("upload").addEventListener("change", (e) => {
   send(file, file.name);
   sendFeatures(file);
   e.target.value = "";
+});
+// "As drawn": the model gets the whole pad shrunk to 28x28 (?as_drawn=true), not the digit boxed
+// and centred, so a learner can move a digit and watch the answer and the feature maps follow
+// it (equivariance) or fail (the limits of invariance).
+const asDrawnBox = document.getElementById("as-drawn");
+const moveTools = document.getElementById("move");
+const guide = document.getElementById("guide");
+const seenHow = document.getElementById("seen-how");
+const STEP = pad.width / 28; // one pixel of the model's input, in canvas pixels
+const ARROWS = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+let moved = [0, 0];
+let seenHowCentred = null;
+function asDrawn() { return asDrawnBox.checked; }
+function showMoved() {
+  const [dx, dy] = moved;
+  const say = (v, plus, minus) => (v ? `${Math.abs(v)} ${v > 0 ? plus : minus}` : "");
+  const parts = [say(dx, "right", "left"), say(dy, "down", "up")].filter(Boolean);
+  document.getElementById("offset").textContent = parts.length ? `moved ${parts.join(", ")}` : "";
+}
+function moveDrawing(dx, dy) {
+  if (!strokes.length) return;
+  for (const s of strokes) for (const p of s) { p[0] += dx * STEP; p[1] += dy * STEP; }
+  moved = [moved[0] + dx, moved[1] + dy];
+  showMoved();
+  redraw();
+  predictNow();
+}
+asDrawnBox.addEventListener("change", () => {
+  moveTools.hidden = guide.hidden = !asDrawn();
+  if (seenHowCentred === null) seenHowCentred = seenHow.textContent;
+  seenHow.textContent = asDrawn() ? "Your drawing as drawn: the whole pad shrunk to 28×28, " +
+    "white on black, nothing moved or scaled." : seenHowCentred;
+  if (strokes.length) predictNow();
+});
+moveTools.querySelectorAll("button[data-move]").forEach((b) => b.addEventListener("click", () => {
+  const [dx, dy] = b.dataset.move.split(",").map(Number);
+  moveDrawing(dx, dy);
+}));
+document.addEventListener("keydown", (e) => {
+  if (asDrawn() && ARROWS[e.key] && strokes.length && !e.altKey && !e.ctrlKey && !e.metaKey) {
+    e.preventDefault(); // the page does not scroll: the digit moves
+    moveDrawing(...ARROWS[e.key]);
+  }
 });
 document.addEventListener("keydown", (e) => {
   if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z") { e.preventDefault(); undo(); }
