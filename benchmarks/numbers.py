@@ -12,7 +12,8 @@ errors: too many or too few digits. "alone" is the string accuracy the same digi
 predict reads each one by itself (the model's share of the errors; the rest is segmentation).
 Last, the time to read a 4-digit number from a 12-megapixel photo (JPEG file, one thread).
 
-    python benchmarks/numbers.py RUN [--count 100] [--seed 0] [--handwriting DIR]
+    python benchmarks/numbers.py RUN [--count 100] [--lengths 2 ... 8] [--seed 0]
+                                     [--handwriting DIR]
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from mnist_cnn.predict import Predictor
 from mnist_cnn.synthetic import compose_number, ink_crop, number_image
 
 VARIANTS = {"clean": (False, False), "photo": (False, True), "touching": (True, False)}
-LENGTHS = range(2, 9)
+LENGTHS = list(range(2, 9))
 
 
 def mnist_digits(predictor, data_dir=None):
@@ -59,11 +60,11 @@ def edit_distance(a: str, b: str) -> int:
     return row[-1]
 
 
-def measure(predictor, inks, labels, alone, count, rng) -> dict:
+def measure(predictor, inks, labels, alone, count, rng, lengths=LENGTHS) -> dict:
     """{(variant, length): figures} for ``count`` numbers of each kind."""
     results = {}
     for variant, (touching, photo) in VARIANTS.items():
-        for length in LENGTHS:
+        for length in lengths:
             right = alone_right = too_many = too_few = 0
             digit_acc = []
             for _ in range(count):
@@ -107,7 +108,7 @@ def photo_timing(predictor, inks, rng, repeats: int = 7) -> list[float]:
 
     torch.set_num_threads(1)
     pick = rng.choice(len(inks), size=4)
-    canvas, _ = compose_number([inks[i] for i in pick], rng, height=700)
+    canvas, _ = compose_number([inks[i] for i in pick], rng, height=500)
     full = np.zeros((3000, 4000), np.float32)
     y, x = (3000 - canvas.shape[0]) // 2, (4000 - canvas.shape[1]) // 2
     full[y : y + canvas.shape[0], x : x + canvas.shape[1]] = canvas
@@ -128,6 +129,8 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("--count", type=int, default=100, help="numbers per length and variant")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lengths", type=int, nargs="+", default=LENGTHS, metavar="N",
+                        help="digits per number (2 to 8)")  # fmt: skip
     parser.add_argument("--data-dir")
     here = Path(__file__).resolve().parent
     parser.add_argument("--handwriting", type=Path,
@@ -140,7 +143,8 @@ def main() -> None:
         sources.append(("real handwriting", handwriting_digits(predictor, args.handwriting)))
     for title, (inks, labels) in sources:
         alone = predicted_alone(predictor, inks)
-        print_table(title, measure(predictor, inks, labels, alone, args.count, rng), args.count)
+        results = measure(predictor, inks, labels, alone, args.count, rng, args.lengths)
+        print_table(title, results, args.count)
     times = sorted(1000 * t for t in photo_timing(predictor, sources[0][1][0], rng))
     print(f"\n4-digit number in a 12-megapixel JPEG photo, read from the file on one thread: "
           f"median {statistics.median(times):.0f} ms (range {times[0]:.0f}-{times[-1]:.0f} ms, "
