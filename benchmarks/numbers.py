@@ -16,7 +16,15 @@ Last, the time to read a 4-digit number from a 12-megapixel photo (JPEG file, on
                                      [--handwriting DIR]
 """
 
+# ruff: noqa: E402
 from __future__ import annotations
+
+import os
+import sys
+
+# This file is named like the standard library's `numbers`, which numpy imports: its folder
+# comes off the import path before anything else is imported.
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(__file__)]
 
 import argparse
 import csv

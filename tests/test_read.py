@@ -102,8 +102,8 @@ def draw_strokes(strokes: list[list[tuple[float, float]]], size=(240, 100), widt
 ONE = [[(170, 20), (170, 80)]]  # a 1 to the right of every made-up digit
 FIVE_BODY = [[(62, 22), (58, 48), (75, 44), (88, 52), (90, 66), (80, 78), (62, 80), (52, 74)]]
 FIVE_BAR = [[(68, 20), (92, 20)]]  # drawn apart: a gap between the bar and the body
-FOUR_L = [[(60, 20), (52, 58), (96, 58)]]
-FOUR_STEM = [[(82, 30), (82, 82)]]  # crosses the bar's line but not the bar: apart
+FOUR_L = [[(66, 18), (50, 60), (76, 60)]]
+FOUR_STEM = [[(84, 22), (84, 86)]]  # the bar stops short of the stem: apart
 
 
 def test_a_detached_bar_belongs_to_its_five(predictor):

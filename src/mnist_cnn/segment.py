@@ -30,6 +30,7 @@ NARROW = 1.3  # pieces narrower than this many typical digit widths are never cu
 # 20,000 training digits). A piece read as a 7 but as wide as two digits is unlikely a 7.
 ASPECT = np.array([0.9, 0.4, 0.95, 0.8, 0.8, 0.95, 0.7, 0.8, 0.8, 0.7])
 ASPECT_SPREAD = np.array([0.19, 0.45, 0.22, 0.21, 0.2, 0.26, 0.22, 0.21, 0.22, 0.2])
+NEAR = 0.1  # of the line's height: pieces this close may be one digit
 KEEP_WHOLE = 0.5  # a cut must score this much better than the whole (log units)
 MAX_CUTS = 7  # touching digits in one piece that are looked for at most
 
@@ -221,11 +222,14 @@ def _scores(page: Page, pieces: list[Part], classify: Classify) -> np.ndarray:
 
 
 def join_overlapping(page: Page, digits: list[Part], classify: Classify) -> list[Part]:
-    """Neighbours whose columns mostly overlap (a two-stroke 4) joined where the classifier
-    reads them better as one digit than as two."""
-    pairs = [i for i in range(len(digits) - 1)
-             if digits[i].overlap(digits[i + 1])
-             >= 0.5 * min(digits[i].width, digits[i + 1].width)]  # fmt: skip
+    """Neighbours whose columns mostly overlap or nearly meet (a 4 written in two strokes)
+    joined where the classifier reads them better as one digit than as two."""
+    line = float(np.median([d.height for d in digits]))
+
+    def close(a: Part, b: Part) -> bool:
+        return a.overlap(b) >= 0.5 * min(a.width, b.width) or _gap(a, b) <= NEAR * line
+
+    pairs = [i for i in range(len(digits) - 1) if close(digits[i], digits[i + 1])]
     if not pairs:
         return digits
     pieces = [x for i in pairs for x in (digits[i], digits[i + 1], digits[i].join(digits[i + 1]))]
