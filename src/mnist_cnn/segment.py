@@ -299,9 +299,11 @@ def segment(gray: np.ndarray, classify: Classify) -> list[Digit]:
     page = find_ink(gray)
     digits = join_overlapping(page, candidate_digits(page), classify)
     line = float(np.median([d.height for d in digits]))
-    # a digit's width: the median of the number's parts when they are many enough to say,
-    # else MNIST's median width for the height (0.8)
-    typical = float(np.median([d.width for d in digits])) if len(digits) >= 3 else 0.8 * line
+    # a digit's width: the median of the number's parts when they are many enough to say, and
+    # at least MNIST's median width for the height (0.8), which a few 1s would hide
+    typical = 0.8 * line
+    if len(digits) >= 3:
+        typical = max(typical, float(np.median([d.width for d in digits])))
     pieces = [p for part in digits for p in split_wide(page, part, classify, typical, line)]
     return [Digit(page.box(p), page.image(p)) for p in pieces]
 
