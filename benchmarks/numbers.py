@@ -95,7 +95,8 @@ def measure(predictor, inks, labels, alone, count, rng, lengths=LENGTHS) -> dict
 
 def predicted_alone(predictor, inks) -> np.ndarray:
     """What predict says of each digit by itself, written clean on white."""
-    images = [number_image(np.pad(ink, 8), np.random.default_rng(0), False) for ink in inks]
+    rng = np.random.default_rng(0)  # margins as wide as half the digit, as in a number
+    images = [number_image(np.pad(ink, max(8, ink.shape[0] // 2)), rng, False) for ink in inks]
     return np.array([r["label"] for r in predictor.predict(images)])
 
 
