@@ -174,6 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, default="cpu")
     p.set_defaults(func=cmd_predict)
 
+    r = sub.add_parser("read", help="read whole handwritten numbers (several digits in one image)")
+    r.add_argument(
+        "run", metavar="RUN", help="run directory, a model.safetensors in one, or an exported .onnx"
+    )
+    r.add_argument("images", metavar="IMAGE", nargs="+",
+                   help="image file, directory (searched recursively) or - for stdin")  # fmt: skip
+    r.add_argument("--json", action="store_true", help="one JSON object per line")
+    r.add_argument("--save-preprocessed", metavar="DIR",
+                   help="write each digit the model saw, as PNG (<image>-<n>.png)")  # fmt: skip
+    r.add_argument("--max-pixels", type=int, default=40_000_000, metavar="N",
+                   help="refuse larger images (default 40 megapixels)")  # fmt: skip
+    r.add_argument("--device", choices=DEVICES, default="cpu")
+    r.set_defaults(func=cmd_read)
+
     x = sub.add_parser("export", help="ONNX (fp32 or int8) or a torch.export program, checked")
     x.add_argument("run", metavar="RUN", help="run directory, or a model.safetensors in one")
     x.add_argument("--format", choices=["onnx", "exported-program"], default="onnx",
@@ -471,6 +485,39 @@ def cmd_predict(args) -> int:
             print(json.dumps(r, ensure_ascii=False))
     else:
         print(format_predictions(records))
+    failed = sum("error" in r for r in records)
+    if failed and not args.json:
+        print(f"{failed} of {len(records)} images could not be used", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_read(args) -> int:
+    from .device import select_device
+    from .predict import Predictor, expand_inputs
+
+    if args.max_pixels < 1:
+        raise MnistCnnError("--max-pixels must be at least 1")
+    device = "cpu" if args.run.endswith(".onnx") else select_device(args.device)
+    predictor = Predictor.from_run(args.run, device=device, max_pixels=args.max_pixels)
+    items = expand_inputs(args.images, stdin=sys.stdin)
+    keep = None
+    if args.save_preprocessed:
+        save = _preprocessed_saver(Path(args.save_preprocessed))
+
+        def keep(item, pres) -> None:  # each digit as <image>-<n>.png, left to right
+            for n, pre in enumerate(pres, 1):
+                name = Path(item.name).stem if item.name not in (None, "-") else "stdin"
+                save(replace(item, name=f"{name}-{n}"), pre)
+
+    records = predictor.read_items(items, keep=keep)
+    for r in records:
+        if args.json:
+            print(json.dumps(r, ensure_ascii=False))
+        elif "error" in r:
+            message = r["error"].removeprefix(f"{r['file']}: ") if r["file"] else r["error"]
+            print(f"{r['file'] or 'image'}: error: {message}")
+        else:
+            print(f"{r['file']}: {r['number']}  ({100 * r['probability']:.1f}%)")
     failed = sum("error" in r for r in records)
     if failed and not args.json:
         print(f"{failed} of {len(records)} images could not be used", file=sys.stderr)

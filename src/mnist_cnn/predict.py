@@ -108,10 +108,7 @@ class Predictor:
                     raise MnistCnnError(item.error)
                 pre = self.preprocess(item.source)
             except Exception as e:  # one unusable image never stops the others
-                message = str(e) if isinstance(e, MnistCnnError) else f"unusable image ({e!r})"
-                if item.name and not message.startswith(item.name):
-                    message = f"{item.name}: {message}"
-                done[i] = {"file": item.name, "error": message}
+                done[i] = _failure(item, e)
                 continue
             if keep is not None:
                 keep(item, pre)
@@ -146,6 +143,48 @@ def is_unsure(probs: np.ndarray) -> bool:
     """Whether the model's answer for one image (its class probabilities) is not to be trusted."""
     first, second = np.sort(np.asarray(probs, np.float64))[::-1][:2]
     return bool(first < UNSURE_BELOW or second > UNSURE_RATIO * first)
+
+    def read(self, image, name: str | None = None) -> dict:
+        """Read the whole number written in one image (a path, PIL image, array or tensor).
+
+        The record is ``{"file", "number", "digits": [{"label", "probability", "box"}],
+        "probability"}``: the digits left to right, each box ``[x0, y0, x1, y1]`` in the
+        image's pixels, and the number's probability, the product of its digits'.
+        """
+        return self.read_items(as_items([image], [name]))[0]
+
+    def read_items(self, items: list[Item], keep=None) -> list[dict]:
+        """:meth:`read` records for ``items`` in order, or ``{"file", "error"}`` for an image
+        that could not be used; ``keep(item, [Preprocessed, ...])`` sees each one's digits."""
+        from .segment import number_record, read_number
+
+        if self.style != "mnist":
+            raise MnistCnnError(f"reading numbers needs a model of digits, not of {self.style}")
+        records = []
+        for item in items:
+            try:
+                if item.error:
+                    raise MnistCnnError(item.error)
+                source = item.source
+                if hasattr(source, "detach") and hasattr(source, "numpy"):  # a torch tensor
+                    source = source.detach().cpu().numpy()
+                gray = load_image(source, max_pixels=self.max_pixels)
+                digits, pres, probs = read_number(gray, self.probabilities)
+            except Exception as e:
+                records.append(_failure(item, e))
+                continue
+            if keep is not None:
+                keep(item, pres)
+            records.append(number_record(item.name, digits, probs, self.classes))
+        return records
+
+
+def _failure(item: Item, e: Exception) -> dict:
+    """The record of an image that could not be used, its name leading the message."""
+    message = str(e) if isinstance(e, MnistCnnError) else f"unusable image ({e!r})"
+    if item.name and not message.startswith(item.name):
+        message = f"{item.name}: {message}"
+    return {"file": item.name, "error": message}
 
 
 def _is_batch(images) -> bool:

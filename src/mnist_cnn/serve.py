@@ -423,6 +423,21 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
         request.state.result = f"{record['class']} {record['probability']:.3f}"
         return JSONResponse(record)  # type: ignore[return-value]  # JSON types: not re-encoded
 
+    @app.post("/v1/read", openapi_extra=PREDICT_BODY)
+    async def read(request: Request) -> dict:
+        """Read a whole number (several digits in one image). Same input as ``/v1/predict``.
+
+        Answers with the record ``mnist-cnn read --json`` prints: number, digits (label,
+        probability, box ``[x0, y0, x1, y1]`` in the image's pixels, left to right) and the
+        number's probability (the product of its digits').
+        """
+        if predictor.style != "mnist":
+            raise ApiError(501, f"reading numbers needs a model of digits, not {info.dataset}")
+        name, gray, small = await _read_input(request, decoded=True)
+        record = await offload(_read_number, name, gray, predictor, small=small)
+        request.state.result = f"{record['number']} {record['probability']:.3f}"
+        return JSONResponse(record)
+
     async def offload(fn, *args, small: bool):
         """Small images inline (a thread hop costs more than the work, and contends for the
         GIL); large ones in the worker threads, so that they never stall the event loop."""
@@ -430,8 +445,11 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(workers, fn, *args)
 
-    async def _read_input(request: Request, arrived=lambda: None, as_drawn: bool = False):
-        """The request's image, preprocessed: (its file name or None, Preprocessed).
+    async def _read_input(
+        request: Request, arrived=lambda: None, as_drawn: bool = False, decoded: bool = False
+    ):
+        """The request's image, preprocessed: (its file name or None, Preprocessed); or with
+        ``decoded``, only decoded: (name, grayscale image, whether it is small).
 
         ``arrived()`` is called once the body has been received, before preprocessing;
         ``as_drawn`` shrinks the whole image instead (no box, no centring)."""
@@ -449,6 +467,8 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
             arrived()
             img = open_upload(data)
             small = img.width * img.height <= INLINE_PIXELS
+            if decoded:
+                return upload.filename, await offload(_decode, img, max_pixels, small=small), small
             # decoded and preprocessed in one go: a queued large upload holds only its bytes
             pre = await offload(_decode_and_preprocess, img, max_pixels, style,
                                 small=small)  # fmt: skip
@@ -462,6 +482,8 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
                 raise ApiError(422, f"malformed JSON ({e})") from None
             except RecursionError:
                 raise ApiError(422, "malformed JSON (nested too deeply)") from None
+            if decoded:
+                return None, parse_pixels(payload), True
             return None, _to_mnist(parse_pixels(payload), style)
         raise ApiError(
             415,
@@ -495,6 +517,23 @@ async def _read_form(request: Request, max_body: int):
 def _decode_and_preprocess(img, max_pixels: int, style: str) -> Preprocessed:
     with img:  # closed once decoded, whatever happens
         return _to_mnist(decode_upload(img, max_pixels), style)
+
+
+def _decode(img, max_pixels: int) -> np.ndarray:
+    with img:
+        return decode_upload(img, max_pixels)
+
+
+def _read_number(name: str | None, gray: np.ndarray, predictor) -> dict:
+    """The record of the number written in ``gray`` (segmentation checks and the digits' own
+    batch run on the model directly, not through the micro-batcher)."""
+    from .segment import number_record, read_number
+
+    try:
+        digits, _, probs = read_number(gray, predictor.probabilities)
+    except ImageError as e:
+        raise ApiError(422, str(e)) from None
+    return number_record(name, digits, probs, predictor.classes)
 
 
 def _to_mnist(gray: np.ndarray, style: str) -> Preprocessed:

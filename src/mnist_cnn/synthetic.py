@@ -86,3 +86,63 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
     buffer = io.BytesIO()
     img.save(buffer, format=fmt, **kw)
     return buffer.getvalue()
+
+
+def ink_crop(digit: np.ndarray) -> np.ndarray:
+    """A 28x28 uint8 MNIST digit (or any ink-bright image) cut to its ink, as float 0..1."""
+    ink = np.asarray(digit, np.float32)
+    ink = ink / 255.0 if ink.max() > 1 else ink
+    rows, cols = np.nonzero(ink.any(axis=1))[0], np.nonzero(ink.any(axis=0))[0]
+    return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+Box = tuple[int, int, int, int]
+
+
+def compose_number(inks: list[np.ndarray], rng: np.random.Generator, height: int = 40,
+                   touching: bool = False) -> tuple[np.ndarray, list[Box]]:  # fmt: skip
+    """Digits (ink crops, bright on black) written on one line, as people write numbers:
+    (canvas (H, W) float32 ink 0..1, each digit's box (x0, y0, x1, y1), x1 and y1 exclusive).
+
+    Each digit's height varies by +-15% around ``height``, its baseline by +-8%; neighbours are
+    10-50% of the height apart, or, with ``touching``, some pairs (at least one) overlap by 1-4
+    pixels.
+    """
+    scaled = []
+    for ink in inks:
+        h = max(4, round(height * rng.uniform(0.85, 1.15)))
+        w = max(1, round(ink.shape[1] * h / ink.shape[0]))
+        img = Image.fromarray(ink.astype(np.float32), "F").resize((w, h), Image.BICUBIC)
+        scaled.append(np.clip(np.asarray(img, np.float32), 0, 1))
+    touch = rng.random(len(inks) - 1) < 0.5 if touching else np.zeros(len(inks) - 1, bool)
+    if touching and len(inks) > 1 and not touch.any():
+        touch[rng.integers(len(touch))] = True
+    margin = height
+    x, placed = margin, []
+    for i, ink in enumerate(scaled):
+        if i:
+            x += -int(rng.integers(1, 5)) if touch[i - 1] else round(rng.uniform(0.1, 0.5) * height)
+        y = margin + round(rng.uniform(-0.08, 0.08) * height) + (height - ink.shape[0]) // 2
+        placed.append((x, y))
+        x += ink.shape[1]
+    canvas = np.zeros((2 * margin + round(1.2 * height), x + margin), np.float32)
+    boxes = []
+    for (x0, y0), ink in zip(placed, scaled, strict=True):
+        h, w = ink.shape
+        region = canvas[y0 : y0 + h, x0 : x0 + w]
+        np.maximum(region, ink, out=region)
+        boxes.append((x0, y0, x0 + w, y0 + h))
+    return canvas, boxes
+
+
+def number_image(canvas: np.ndarray, rng: np.random.Generator, photo: bool) -> bytes:
+    """An ink canvas as an image file: dark pen on clean white (PNG), or like a phone photo of
+    paper (uneven light, tinted paper, noise, blur, JPEG)."""
+    if not photo:
+        return _encode(Image.fromarray(np.round(255 * (1 - canvas)).astype(np.uint8), "L"), "PNG")
+    h, w = canvas.shape
+    paper = rng.uniform(0.75, 0.95) * _lighting(h, w, rng, depth=0.35)
+    gray = paper * (1 - canvas) + rng.uniform(0.05, 0.3) * canvas
+    gray = _noise(gray, rng, sigma=rng.uniform(0.01, 0.05))
+    img = _to_rgb(gray, rng).filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    return _encode(img, "JPEG", quality=int(rng.integers(40, 90)))

@@ -68,7 +68,7 @@ function redraw() {
   ctx.fillStyle = "#111";
   ctx.lineCap = "round";
   ctx.lineJoin = "round";
-  ctx.lineWidth = INK_WIDTH * pad.width;
+  ctx.lineWidth = INK_WIDTH * pad.height; // the pad's height: a digit's size in both modes
   for (const s of strokes) {
     if (s.length === 1) {
       ctx.beginPath();
@@ -138,7 +138,9 @@ function predictNow() {
   const fid = ++featureSequence;
   busy(1);
   pad.toBlob((blob) => {
-    if (id === sequence) {
+    if (id === sequence && mode === "number") {
+      sendRead(blob, "drawing.png", id);
+    } else if (id === sequence) {
       send(blob, "drawing.png", id);
       sendFeatures(blob, fid);
     }
@@ -259,10 +261,12 @@ function reset(cancel = true) {
     li.querySelector(".pct").textContent = "–";
   });
   seenCtx.clearRect(0, 0, 28, 28);
+  boxesCtx.clearRect(0, 0, boxes.width, boxes.height);
   featureSequence++;
   stagesEl.querySelectorAll("canvas").forEach((c) => c.getContext("2d").clearRect(0, 0, c.width, c.height));
   delete document.body.dataset.predicted;
   delete document.body.dataset.unsure;
+  delete document.body.dataset.boxes;
 }
 
 function undo() {
@@ -286,10 +290,12 @@ document.getElementById("upload").addEventListener("change", (e) => {
   if (!file) return;
   strokes = [];
   redraw();
+  view = { s: 0, dx: 0, dy: 0 }; // boxes wait for the preview's scale
   const img = new Image();
   img.onload = () => { // show the photo on the pad, scaled to fit
     const s = Math.min(pad.width / img.width, pad.height / img.height);
-    ctx.drawImage(img, (pad.width - img.width * s) / 2, (pad.height - img.height * s) / 2, img.width * s, img.height * s);
+    view = { s, dx: (pad.width - img.width * s) / 2, dy: (pad.height - img.height * s) / 2 };
+    ctx.drawImage(img, view.dx, view.dy, img.width * s, img.height * s);
     URL.revokeObjectURL(img.src);
   };
   img.onerror = () => { // the browser cannot show it (TIFF...): the server may still read it
@@ -300,6 +306,10 @@ document.getElementById("upload").addEventListener("change", (e) => {
   };
   img.src = URL.createObjectURL(file);
   hint.classList.add("gone");
+  if (mode === "number") {
+    sendRead(file, file.name);
+    return;
+  }
   send(file, file.name);
   sendFeatures(file);
   e.target.value = "";
@@ -351,6 +361,69 @@ document.addEventListener("keydown", (e) => {
   if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z") { e.preventDefault(); undo(); }
   else if (e.key === "Escape") { clear(); }
 });
+
+// Number mode: a wide pad, POST /v1/read, the digits' boxes drawn over the pad.
+const boxes = document.getElementById("boxes");
+const boxesCtx = boxes.getContext("2d");
+const PAD_SIDE = 280;
+let mode = "digit";
+let view = { s: 1, dx: 0, dy: 0 }; // image pixels -> pad pixels (an upload is scaled to fit)
+
+function setMode(next) {
+  mode = next;
+  document.body.classList.toggle("number-mode", mode === "number");
+  for (const m of ["digit", "number"]) {
+    document.getElementById(`mode-${m}`).setAttribute("aria-pressed", String(m === mode));
+  }
+  pad.width = boxes.width = mode === "number" ? 3 * PAD_SIDE : PAD_SIDE;
+  pad.height = boxes.height = PAD_SIDE;
+  hint.textContent = mode === "number" ? "write a number here" : "draw here";
+  clear();
+}
+
+async function sendRead(blob, name, id = ++sequence) {
+  busy(1);
+  const form = new FormData();
+  form.append("file", blob, name);
+  try {
+    const response = await fetch("/v1/read", { method: "POST", body: form });
+    const body = await response.json();
+    if (id !== sequence) return;
+    if (!response.ok) throw new Error(body.error || response.statusText);
+    showNumber(body);
+  } catch (err) {
+    if (id !== sequence) return;
+    reset(false);
+    errorEl.textContent = String(err.message || err);
+  } finally {
+    busy(-1);
+  }
+}
+
+function showNumber(record) {
+  errorEl.textContent = "";
+  labelEl.textContent = record.number;
+  labelEl.classList.toggle("long", record.number.length > 2);
+  verdictEl.textContent = `It reads ${record.number}`;
+  const each = record.digits.map((d) => `${d.label} ${(100 * d.probability).toFixed(0)}%`).join(" · ");
+  confidenceEl.textContent = `${(100 * record.probability).toFixed(1)}% sure (${each})`;
+  badge.textContent = record.number;
+  boxesCtx.clearRect(0, 0, boxes.width, boxes.height);
+  boxesCtx.lineWidth = 2;
+  boxesCtx.strokeStyle = boxesCtx.fillStyle = "#3d5afe";
+  boxesCtx.font = "bold 16px system-ui, sans-serif";
+  for (const d of record.digits) {
+    const [x0, y0, x1, y1] = d.box.map((v, i) => v * view.s + (i % 2 ? view.dy : view.dx));
+    boxesCtx.strokeRect(x0 - 3, y0 - 3, x1 - x0 + 6, y1 - y0 + 6);
+    boxesCtx.fillText(String(d.label), x0 - 3, Math.max(14, y0 - 7));
+  }
+  document.body.dataset.boxes = record.digits.length;
+  document.body.dataset.predicted = record.number;
+}
+
+document.getElementById("mode-digit").addEventListener("click", () => setMode("digit"));
+document.getElementById("mode-number").addEventListener("click", () => setMode("number"));
+pad.addEventListener("pointerdown", () => { view = { s: 1, dx: 0, dy: 0 }; }, true);
 
 redraw();
 busy(0);

@@ -1,0 +1,164 @@
+"""Reading whole numbers: string accuracy, digit accuracy and count errors of `mnist-cnn read`.
+
+Numbers of 2-8 digits are composed from held-out digits (MNIST test digits, and the real
+handwriting of ../shared/data/handwriting, cut to its ink by the preprocessing), written on
+one line with random spacing (10-50% of the height), size (+-15%) and baseline (+-8%) jitter;
+as clean PNGs (dark pen on white) and as photo-like JPEGs (uneven light, tinted paper, noise,
+blur); and a touching variant where, in every number, at least one pair of neighbours overlaps
+by 1-4 pixels. Each is read with Predictor.read from its encoded bytes, as from a file.
+
+String accuracy: the whole number right. Digit accuracy: 1 - edit distance / length. Count
+errors: too many or too few digits. "alone" is the string accuracy the same digits get when
+predict reads each one by itself (the model's share of the errors; the rest is segmentation).
+Last, the time to read a 4-digit number from a 12-megapixel photo (JPEG file, one thread).
+
+    python benchmarks/numbers.py RUN [--count 100] [--lengths 2 ... 8] [--seed 0]
+                                     [--handwriting DIR]
+"""
+
+# ruff: noqa: E402
+from __future__ import annotations
+
+import os
+import sys
+
+# This file is named like the standard library's `numbers`, which numpy imports: its folder
+# comes off the import path before anything else is imported.
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(__file__)]
+
+import argparse
+import csv
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mnist_cnn import load_dataset
+from mnist_cnn.predict import Predictor
+from mnist_cnn.synthetic import compose_number, ink_crop, number_image
+
+VARIANTS = {"clean": (False, False), "photo": (False, True), "touching": (True, False)}
+LENGTHS = list(range(2, 9))
+
+
+def mnist_digits(predictor, data_dir=None):
+    data = load_dataset("mnist", data_dir)
+    return [ink_crop(d) for d in data.test_images.numpy()], data.test_labels.numpy()
+
+
+def handwriting_digits(predictor, folder: Path):
+    """Each real handwritten digit as the ink the preprocessing crops from its image."""
+    inks, labels = [], []
+    with open(folder / "labels.csv") as f:
+        for row in csv.DictReader(f):
+            pre = predictor.preprocess(folder / row["file"])
+            inks.append(ink_crop(pre.steps["crop"]))
+            labels.append(int(row["label"]))
+    return inks, np.array(labels)
+
+
+def edit_distance(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def measure(predictor, inks, labels, alone, count, rng, lengths=LENGTHS) -> dict:
+    """{(variant, length): figures} for ``count`` numbers of each kind."""
+    results = {}
+    for variant, (touching, photo) in VARIANTS.items():
+        for length in lengths:
+            right = alone_right = too_many = too_few = 0
+            digit_acc = []
+            for _ in range(count):
+                pick = rng.choice(len(inks), size=length)
+                truth = "".join(str(labels[i]) for i in pick)
+                height = int(rng.integers(28, 64))
+                canvas, _ = compose_number([inks[i] for i in pick], rng, height, touching)
+                number = predictor.read(number_image(canvas, rng, photo))["number"]
+                right += number == truth
+                alone_right += all(alone[pick] == labels[pick])
+                too_many += len(number) > length
+                too_few += len(number) < length
+                digit_acc.append(max(0.0, 1 - edit_distance(number, truth) / length))
+            results[variant, length] = {
+                "string": right / count, "digit": float(np.mean(digit_acc)),
+                "too_many": too_many, "too_few": too_few, "alone": alone_right / count,
+            }  # fmt: skip
+    return results
+
+
+def predicted_alone(predictor, inks) -> np.ndarray:
+    """What predict says of each digit by itself, written clean on white."""
+    rng = np.random.default_rng(0)  # margins as wide as half the digit, as in a number
+    images = [number_image(np.pad(ink, max(8, ink.shape[0] // 2)), rng, False) for ink in inks]
+    return np.array([r["label"] for r in predictor.predict(images)])
+
+
+def print_table(title: str, results: dict, count: int) -> None:
+    print(f"\n{title}: {count} numbers per length and variant")
+    print("| variant | digits | string accuracy | digit accuracy | too many | too few | alone |")
+    print("|---|---|---|---|---|---|---|")
+    for (variant, length), r in results.items():
+        bold = "**" if length == 4 else ""
+        print(f"| {variant} | {length} | {bold}{100 * r['string']:.1f}%{bold} | "
+              f"{100 * r['digit']:.1f}% | {r['too_many']} | {r['too_few']} | "
+              f"{100 * r['alone']:.1f}% |")  # fmt: skip
+
+
+def photo_timing(predictor, inks, rng, repeats: int = 7) -> list[float]:
+    """Seconds to read a 4-digit number from a 4000x3000 JPEG photo, file to record."""
+    import torch
+
+    torch.set_num_threads(1)
+    pick = rng.choice(len(inks), size=4)
+    canvas, _ = compose_number([inks[i] for i in pick], rng, height=500)
+    full = np.zeros((3000, 4000), np.float32)
+    y, x = (3000 - canvas.shape[0]) // 2, (4000 - canvas.shape[1]) // 2
+    full[y : y + canvas.shape[0], x : x + canvas.shape[1]] = canvas
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "photo.jpg"
+        path.write_bytes(number_image(full, rng, photo=True))
+        predictor.read(path)  # warm up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            predictor.read(path)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run")
+    parser.add_argument("--count", type=int, default=100, help="numbers per length and variant")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lengths", type=int, nargs="+", default=LENGTHS, metavar="N",
+                        help="digits per number (2 to 8)")  # fmt: skip
+    parser.add_argument("--data-dir")
+    here = Path(__file__).resolve().parent
+    parser.add_argument("--handwriting", type=Path,
+                        default=here.parent.parent / "shared" / "data" / "handwriting")  # fmt: skip
+    args = parser.parse_args()
+    predictor = Predictor.from_run(args.run)
+    rng = np.random.default_rng(args.seed)
+    sources = [("MNIST test digits", mnist_digits(predictor, args.data_dir))]
+    if (args.handwriting / "labels.csv").exists():
+        sources.append(("real handwriting", handwriting_digits(predictor, args.handwriting)))
+    for title, (inks, labels) in sources:
+        alone = predicted_alone(predictor, inks)
+        results = measure(predictor, inks, labels, alone, args.count, rng, args.lengths)
+        print_table(title, results, args.count)
+    times = sorted(1000 * t for t in photo_timing(predictor, sources[0][1][0], rng))
+    print(f"\n4-digit number in a 12-megapixel JPEG photo, read from the file on one thread: "
+          f"median {statistics.median(times):.0f} ms (range {times[0]:.0f}-{times[-1]:.0f} ms, "
+          f"{len(times)} runs)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
