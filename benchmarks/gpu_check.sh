@@ -36,7 +36,7 @@ recipe() {  # recipe NAME ARGS...: one benchmarks/recipes.py table, also kept as
     part "recipes: $name"
     bounded 100 "$PY" benchmarks/recipes.py --device cuda "$@" | tee "$OUT_DIR/$name.md"
 }
-recipe fast-fp32 --recipes fast --seeds 777 1 2 --naive-images 20000
+recipe fast-fp32 --recipes fast --seeds 777 1 2 --precision fp32 --naive-images 20000
 recipe fast-bf16 --recipes fast --seeds 777 1 2 --precision bf16 --naive-images 0
 recipe gpu-b512-e2 --recipes fast --seeds 777 1 2 --precision bf16 --batch-size 512 --lr 6e-3 \
     --epochs 2 --naive-images 0

@@ -72,8 +72,7 @@ def stroke_width(
     or erosion (3x3 minimum), one pixel at a time. Each image keeps its brightest value, so a
     thinned stroke stays as bright as a fine pen's (preprocessing saturates strokes too)."""
     n = images.shape[0]
-    kw = {} if generator is None else {"generator": generator}
-    u = torch.rand(n, device=images.device, **kw).view(n, 1, 1, 1)
+    u = torch.rand(n, device=images.device, generator=generator).view(n, 1, 1, 1)
     amount = u * (thicken + thin) - thin  # in [-thin, thicken]
     peak = images.amax(dim=(1, 2, 3), keepdim=True)
     out = images

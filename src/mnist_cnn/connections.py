@@ -14,6 +14,7 @@ runs: a header that never ends, a request sent a byte a minute, thousands of idl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import resource
@@ -97,7 +98,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self._reading_head = True  # between requests, or inside a request line and headers
         self._head_bytes = 0
         self._heads = 0  # requests whose headers are complete (a chunk may hold a whole one)
-        self._timer = None
+        self._timer: asyncio.TimerHandle | None = None
         self._over_limit = False
         self._discarding = False  # refused: what arrives now is dropped
 

@@ -10,7 +10,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import numpy as np
 
@@ -68,8 +68,8 @@ def load_idx(
     path = Path(path)
     try:
         with open_maybe_gzip(path) as f:
-            return read_idx(f, name=str(path), num_classes=num_classes, max_count=max_count,
-                            image_shape=image_shape)  # fmt: skip
+            return read_idx(cast(BinaryIO, f), name=str(path), num_classes=num_classes,
+                            max_count=max_count, image_shape=image_shape)  # fmt: skip
     except FileNotFoundError:
         raise IdxError(f"{path}: no such file") from None
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:

@@ -161,9 +161,9 @@ def digit_parts(labels: np.ndarray, comps: list[Component]) -> np.ndarray:
         return keep
     # small pieces count only where they touch the digit (2 pixels away at most)
     t, b, left, r = box
-    window = labels[max(t - 2, 0) : b + 2, max(left - 2, 0) : r + 2]
-    reach = grow(keep[max(t - 2, 0) : b + 2, max(left - 2, 0) : r + 2], 2)
-    touching = np.unique(window[reach & (window > 0)])
+    near = labels[max(t - 2, 0) : b + 2, max(left - 2, 0) : r + 2]
+    grown = grow(keep[max(t - 2, 0) : b + 2, max(left - 2, 0) : r + 2], 2)
+    touching = np.unique(near[grown & (near > 0)])
     small = [c.label for c in plain if c.mass < PART_MASS * mass and c.label in touching]
     return keep | np.isin(labels, small)
 

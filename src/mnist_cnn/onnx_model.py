@@ -25,7 +25,7 @@ class OnnxModel:
                 "running .onnx models needs ONNX Runtime: pip install onnxruntime"
             ) from None
         in_memory = isinstance(path, bytes)
-        self.path = Path("<in memory>" if in_memory else path)
+        self.path = Path("<in memory>") if isinstance(path, bytes) else Path(path)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

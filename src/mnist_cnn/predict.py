@@ -132,18 +132,6 @@ class Predictor:
     def is_unsure(probs: np.ndarray) -> bool:
         return is_unsure(probs)
 
-
-# When to call an answer unsure, calibrated on the real-handwriting development set
-# (benchmarks/handwriting.py): a low top-1 probability, or a second class close behind.
-UNSURE_BELOW = 0.5  # top-1 probability
-UNSURE_RATIO = 0.35  # second / first
-
-
-def is_unsure(probs: np.ndarray) -> bool:
-    """Whether the model's answer for one image (its class probabilities) is not to be trusted."""
-    first, second = np.sort(np.asarray(probs, np.float64))[::-1][:2]
-    return bool(first < UNSURE_BELOW or second > UNSURE_RATIO * first)
-
     def read(self, image, name: str | None = None) -> dict:
         """Read the whole number written in one image (a path, PIL image, array or tensor).
 
@@ -177,6 +165,18 @@ def is_unsure(probs: np.ndarray) -> bool:
                 keep(item, pres)
             records.append(number_record(item.name, digits, probs, self.classes))
         return records
+
+
+# When to call an answer unsure, calibrated on the real-handwriting development set
+# (benchmarks/handwriting.py): a low top-1 probability, or a second class close behind.
+UNSURE_BELOW = 0.5  # top-1 probability
+UNSURE_RATIO = 0.35  # second / first
+
+
+def is_unsure(probs: np.ndarray) -> bool:
+    """Whether the model's answer for one image (its class probabilities) is not to be trusted."""
+    first, second = np.sort(np.asarray(probs, np.float64))[::-1][:2]
+    return bool(first < UNSURE_BELOW or second > UNSURE_RATIO * first)
 
 
 def _failure(item: Item, e: Exception) -> dict:

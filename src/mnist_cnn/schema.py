@@ -292,7 +292,7 @@ def parse_metrics(data: bytes, source) -> list[dict]:
         lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
         fail(source, "", f"not UTF-8 text ({e.reason} at byte {e.start})")
-    records = []
+    records: list[dict] = []
     for n, line in enumerate((x for x in lines if x.strip()), start=1):
         if n > MAX_METRICS_LINES:
             fail(source, "", f"more than {MAX_METRICS_LINES:,} lines")

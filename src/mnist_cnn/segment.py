@@ -332,5 +332,5 @@ def number_record(name: str | None, digits: list[Digit], probs: np.ndarray,
         "file": name,
         "number": "".join(classes[k] for k in labels),
         "digits": found,
-        "probability": float(np.prod([d["probability"] for d in found])),
+        "probability": float(np.prod(probs.max(axis=1))),  # the product of the digits'
     }

@@ -436,7 +436,7 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
         name, gray, small = await _read_input(request, decoded=True)
         record = await offload(_read_number, name, gray, predictor, small=small)
         request.state.result = f"{record['number']} {record['probability']:.3f}"
-        return JSONResponse(record)
+        return JSONResponse(record)  # type: ignore[return-value]  # JSON types: not re-encoded
 
     async def offload(fn, *args, small: bool):
         """Small images inline (a thread hop costs more than the work, and contends for the
@@ -800,10 +800,11 @@ def serve(run: str, *, host: str = "127.0.0.1", port: int = 8000, workers: int |
 
     with tempfile.TemporaryDirectory(prefix="mnist-cnn-serve-") as shared:
         onnx = None
-        if isinstance(predictor.model, serve_model.ExportedRun):  # exported and checked once,
+        exported = predictor.model
+        if isinstance(exported, serve_model.ExportedRun) and exported.onnx_bytes:  # checked once,
             onnx = os.path.join(shared, "model.onnx")  # here, for every worker to load
             with open(onnx, "wb") as f:
-                f.write(predictor.model.onnx_bytes)
+                f.write(exported.onnx_bytes)
         os.environ[MULTIPROCESS_DIR] = os.path.join(shared, "metrics")  # shared /metrics
         os.mkdir(os.environ[MULTIPROCESS_DIR])
         del predictor

@@ -112,7 +112,7 @@ def compose_number(inks: list[np.ndarray], rng: np.random.Generator, height: int
     for ink in inks:
         h = max(4, round(height * rng.uniform(0.85, 1.15)))
         w = max(1, round(ink.shape[1] * h / ink.shape[0]))
-        img = Image.fromarray(ink.astype(np.float32), "F").resize((w, h), Image.BICUBIC)
+        img = Image.fromarray(ink.astype(np.float32), "F").resize((w, h), Image.Resampling.BICUBIC)
         scaled.append(np.clip(np.asarray(img, np.float32), 0, 1))
     touch = rng.random(len(inks) - 1) < 0.5 if touching else np.zeros(len(inks) - 1, bool)
     if touching and len(inks) > 1 and not touch.any():
