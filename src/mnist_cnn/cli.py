@@ -465,17 +465,22 @@ def cmd_data_verify(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
+def _predictor_and_items(args):
+    """The model and the images named on a ``predict`` or ``read`` command line."""
     from .device import select_device
     from .predict import Predictor, expand_inputs
 
-    if args.top_k < 1:
-        raise MnistCnnError("--top-k must be at least 1")
     if args.max_pixels < 1:
         raise MnistCnnError("--max-pixels must be at least 1")
     device = "cpu" if args.run.endswith(".onnx") else select_device(args.device)
     predictor = Predictor.from_run(args.run, device=device, max_pixels=args.max_pixels)
-    items = expand_inputs(args.images, stdin=sys.stdin)
+    return predictor, expand_inputs(args.images, stdin=sys.stdin)
+
+
+def cmd_predict(args) -> int:
+    if args.top_k < 1:
+        raise MnistCnnError("--top-k must be at least 1")
+    predictor, items = _predictor_and_items(args)
     keep = None
     if args.save_preprocessed:
         keep = _preprocessed_saver(Path(args.save_preprocessed))
@@ -492,14 +497,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_read(args) -> int:
-    from .device import select_device
-    from .predict import Predictor, expand_inputs
-
-    if args.max_pixels < 1:
-        raise MnistCnnError("--max-pixels must be at least 1")
-    device = "cpu" if args.run.endswith(".onnx") else select_device(args.device)
-    predictor = Predictor.from_run(args.run, device=device, max_pixels=args.max_pixels)
-    items = expand_inputs(args.images, stdin=sys.stdin)
+    predictor, items = _predictor_and_items(args)
     keep = None
     if args.save_preprocessed:
         save = _preprocessed_saver(Path(args.save_preprocessed))
