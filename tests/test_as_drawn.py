@@ -89,12 +89,12 @@ def test_the_switch_lets_a_learner_move_a_digit_across_the_pad(page, tmp_path):
     assert abs(x1 - 0.3 * 28) < 1.0  # where it was drawn
     for _ in range(4):
         page.keyboard.press("ArrowRight")
+    assert page.evaluate("window.scrollY") == 0  # the arrows moved the digit, not the page
     page.locator("#move button[data-move='0,1']").click()
     settled(page)
     x2, y2 = seen_centre(page)
     assert x2 - x1 == pytest.approx(4, abs=0.05)
     assert page.locator("#offset").inner_text() == "moved 4 right, 1 down"
-    assert page.evaluate("window.scrollY") == 0  # the arrows moved the digit, not the page
     page.wait_for_function("document.querySelectorAll('#stages canvas').length === 64")
     shot = Path(os.environ.get("MNIST_CNN_SCREENSHOTS", tmp_path)) / "page-as-drawn.png"
     page.screenshot(path=str(shot), full_page=True)

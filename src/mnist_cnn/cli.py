@@ -370,6 +370,9 @@ def _record_evaluation(trained, key: str, result) -> None:
     except OSError as e:
         print(f"mnist-cnn: note: model card not updated ({e.strerror}: {e.filename})",
               file=sys.stderr)  # fmt: skip
+    except (KeyError, TypeError, ValueError, MnistCnnError) as e:  # a field only the card reads
+        print(f"mnist-cnn: note: model card not updated ({trained.run_dir}: a field it shows "
+              f"is missing or malformed: {e})", file=sys.stderr)  # fmt: skip
 
 
 def _write_report(folder, trained, data, images, labels, dataset, split, history):

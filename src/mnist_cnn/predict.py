@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +145,8 @@ class Predictor:
     def read_items(self, items: list[Item], keep=None) -> list[dict]:
         """:meth:`read` records for ``items`` in order, or ``{"file", "error"}`` for an image
         that could not be used; ``keep(item, [Preprocessed, ...])`` sees each one's digits."""
-        from .segment import number_record, read_number
+        from .preprocessing import load_image_sized
+        from .segment import WORK_SIDE, number_record, read_number
 
         if self.style != "mnist":
             raise MnistCnnError(f"reading numbers needs a model of digits, not of {self.style}")
@@ -156,14 +158,18 @@ class Predictor:
                 source = item.source
                 if hasattr(source, "detach") and hasattr(source, "numpy"):  # a torch tensor
                     source = source.detach().cpu().numpy()
-                gray = load_image(source, max_pixels=self.max_pixels)
-                digits, pres, probs = read_number(gray, self.probabilities)
+                gray, (w, h) = load_image_sized(source, max_pixels=self.max_pixels,
+                                                side=WORK_SIDE)  # fmt: skip
+                digits, pres, probs = read_number(
+                    gray, self.probabilities, whole=partial(self.preprocess, source)
+                )
             except Exception as e:
                 records.append(_failure(item, e))
                 continue
             if keep is not None:
                 keep(item, pres)
-            records.append(number_record(item.name, digits, probs, self.classes))
+            scale = (w / gray.shape[1], h / gray.shape[0])  # boxes in the image's own pixels
+            records.append(number_record(item.name, digits, probs, self.classes, scale))
         return records
 
 

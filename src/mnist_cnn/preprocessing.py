@@ -53,6 +53,14 @@ class Preprocessed:
 
 
 def load_image(source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Any image (path, bytes, file object, PIL image or array) as grayscale float32 0..1,
+    reduced early to at most REDUCED_SIDE (see :func:`load_image_sized`)."""
+    return load_image_sized(source, max_pixels=max_pixels)[0]
+
+
+def load_image_sized(
+    source, *, max_pixels: int = DEFAULT_MAX_PIXELS, side: int = REDUCED_SIDE
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Any image (path, bytes, file object, PIL image or array) as grayscale float32 0..1.
 
     Only the formats in IMAGE_FORMATS are decoded (anything else is refused before decoding:
@@ -61,9 +69,12 @@ def load_image(source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     reduced early: JPEGs decoded at reduced scale, others box-reduced to at most REDUCED_SIDE.
     Transparency is composited onto white, palette and 16-bit images are converted, EXIF
     orientation is applied. Raises :class:`ImageError` for anything that is not a usable image.
+    Returns the image reduced to at most ``side`` pixels a side and the (width, height) of the
+    whole image, EXIF orientation applied: positions found in the one map back to the other.
     """
     if isinstance(source, np.ndarray):
-        return _array_to_gray(source)
+        gray = _array_to_gray(source)
+        return gray, (gray.shape[1], gray.shape[0])
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     name = str(source) if isinstance(source, (str, os.PathLike)) else "image"
@@ -73,9 +84,11 @@ def load_image(source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         given = isinstance(source, Image.Image)
         with nullcontext(source) if given else open_image(source) as img:
             _check_size(img, max_pixels, name)
-            _draft(img)
+            w, h = img.size
+            _draft(img, side)
             img.load()
-            return _pil_to_gray(img, max_pixels)
+            gray, orientation = _pil_to_gray(img, max_pixels, side)
+            return gray, ((h, w) if orientation in (5, 6, 7, 8) else (w, h))
     except ImageError:
         raise
     except FileNotFoundError:
@@ -96,11 +109,11 @@ def open_image(source) -> Image.Image:
     return img
 
 
-def _draft(img: Image.Image) -> None:
+def _draft(img: Image.Image, side: int) -> None:
     """A JPEG larger than needed is decoded at 1/2, 1/4 or 1/8 scale (in the DCT, so far
     cheaper than decoding it whole), straight to grayscale when it is in colour."""
-    if img.format == "JPEG" and max(img.size) > 2 * REDUCED_SIDE:
-        scale = max(img.size) / REDUCED_SIDE  # draft keeps at least the size asked for
+    if img.format == "JPEG" and max(img.size) > 2 * side:
+        scale = max(img.size) / side  # draft keeps at least the size asked for
         mode = "L" if img.mode in ("RGB", "YCbCr", "L") else img.mode
         img.draft(mode, (int(img.width / scale), int(img.height / scale)))
 
@@ -113,7 +126,9 @@ def _check_size(img: Image.Image, max_pixels: int, name: str = "image") -> None:
         raise ImageError(f"{name}: empty image")
 
 
-def _pil_to_gray(img: Image.Image, max_pixels: int) -> np.ndarray:
+def _pil_to_gray(img: Image.Image, max_pixels: int, side: int) -> tuple[np.ndarray, int]:
+    """The decoded image as grayscale 0..1, reduced to at most ``side``; and its EXIF
+    orientation (applied)."""
     _check_size(img, max_pixels)  # again, decoded: what it holds, not what its header said
     orientation = img.getexif().get(ORIENTATION, 1)
     if img.mode in ("P", "PA"):
@@ -122,8 +137,8 @@ def _pil_to_gray(img: Image.Image, max_pixels: int) -> np.ndarray:
         img = img.convert("L")
     elif img.mode.startswith("I;16"):  # 16-bit: as 32-bit integers, which reduce() takes
         img = img.convert("I")
-    if max(img.size) > REDUCED_SIDE:  # far more pixels than a 20-pixel digit needs: shrink
-        img = img.reduce(-(-max(img.size) // REDUCED_SIDE))  # early, before any other step
+    if max(img.size) > side:  # far more pixels than a 20-pixel digit needs: shrink
+        img = img.reduce(-(-max(img.size) // side))  # early, before any other step
     if orientation in TRANSPOSE:  # EXIF orientation, applied to the reduced image
         img = img.transpose(TRANSPOSE[orientation])
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
@@ -135,9 +150,9 @@ def _pil_to_gray(img: Image.Image, max_pixels: int) -> np.ndarray:
             raise ImageError("the image holds NaN or infinite values")
         lo, hi = float(a.min()), float(a.max())
         if not hi > lo:
-            return np.zeros(a.shape, np.float32)
-        return ((a - lo) / (hi - lo)).astype(np.float32)
-    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+            return np.zeros(a.shape, np.float32), orientation
+        return ((a - lo) / (hi - lo)).astype(np.float32), orientation
+    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0, orientation
 
 
 ORIENTATION = 0x0112  # the EXIF tag, and how ImageOps.exif_transpose undoes each value

@@ -308,25 +308,30 @@ def segment(gray: np.ndarray, classify: Classify) -> list[Digit]:
     return [Digit(page.box(p), page.image(p)) for p in pieces]
 
 
-def read_number(gray: np.ndarray, classify: Classify):
+def read_number(gray: np.ndarray, classify: Classify, whole=None):
     """(digits, their Preprocessed, their probabilities (N, classes)): the number in ``gray``,
     each digit preprocessed as ``predict`` preprocesses an image, classified in one batch.
 
     An image holding one digit is preprocessed whole, so that it reads exactly as ``predict``
-    reads it."""
+    reads it: by ``whole()`` where given (predict's own path from the image's source, which
+    may decode it at another size), else ``to_mnist(gray)``."""
     digits = segment(gray, classify)
     if len(digits) == 1:
-        pres = [to_mnist(gray)]
+        pres = [whole() if whole is not None else to_mnist(gray)]
     else:
         pres = [to_mnist(d.image) for d in digits]
     return digits, pres, classify(np.stack([p.image for p in pres]))
 
 
 def number_record(name: str | None, digits: list[Digit], probs: np.ndarray,
-                  classes: list[str]) -> dict:  # fmt: skip
-    """``{"file", "number", "digits": [{"label", "probability", "box"}], "probability"}``."""
+                  classes: list[str], scale: tuple[float, float] = (1.0, 1.0)) -> dict:  # fmt: skip
+    """``{"file", "number", "digits": [{"label", "probability", "box"}], "probability"}``;
+    ``scale``: (x, y) from the pixels the digits were found in to the image's own."""
     labels = probs.argmax(axis=1)
-    found = [{"label": int(k), "probability": float(p[k]), "box": [int(v) for v in d.box]}
+    sx, sy = scale
+    found = [{"label": int(k), "probability": float(p[k]),
+              "box": [round(d.box[0] * sx), round(d.box[1] * sy),
+                      round(d.box[2] * sx), round(d.box[3] * sy)]}
              for k, p, d in zip(labels, probs, digits, strict=True)]  # fmt: skip
     return {
         "file": name,

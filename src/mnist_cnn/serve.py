@@ -55,6 +55,7 @@ from .preprocessing import (
     UnsupportedImage,
     as_drawn,
     load_image,
+    load_image_sized,
     open_image,
     to_mnist,
 )
@@ -433,8 +434,8 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
         """
         if predictor.style != "mnist":
             raise ApiError(501, f"reading numbers needs a model of digits, not {info.dataset}")
-        name, gray, small = await _read_input(request, decoded=True)
-        record = await offload(_read_number, name, gray, predictor, small=small)
+        name, (gray, scale), small = await _read_input(request, decoded=True)
+        record = await offload(_read_number, name, gray, scale, predictor, small=small)
         request.state.result = f"{record['number']} {record['probability']:.3f}"
         return JSONResponse(record)  # type: ignore[return-value]  # JSON types: not re-encoded
 
@@ -483,7 +484,7 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
             except RecursionError:
                 raise ApiError(422, "malformed JSON (nested too deeply)") from None
             if decoded:
-                return None, parse_pixels(payload), True
+                return None, (parse_pixels(payload), (1.0, 1.0)), True
             return None, _to_mnist(parse_pixels(payload), style)
         raise ApiError(
             415,
@@ -519,12 +520,20 @@ def _decode_and_preprocess(img, max_pixels: int, style: str) -> Preprocessed:
         return _to_mnist(decode_upload(img, max_pixels), style)
 
 
-def _decode(img, max_pixels: int) -> np.ndarray:
+def _decode(img, max_pixels: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """An upload decoded for reading a number (at most segment's WORK_SIDE pixels), and the
+    scale from those pixels to the upload's own."""
+    from .segment import WORK_SIDE
+
     with img:
-        return decode_upload(img, max_pixels)
+        try:
+            gray, (w, h) = load_image_sized(img, max_pixels=max_pixels, side=WORK_SIDE)
+        except ImageError as e:
+            raise ApiError(422, _strip_name(str(e))) from None
+    return gray, (w / gray.shape[1], h / gray.shape[0])
 
 
-def _read_number(name: str | None, gray: np.ndarray, predictor) -> dict:
+def _read_number(name: str | None, gray: np.ndarray, scale, predictor) -> dict:
     """The record of the number written in ``gray`` (segmentation checks and the digits' own
     batch run on the model directly, not through the micro-batcher)."""
     from .segment import number_record, read_number
@@ -533,7 +542,7 @@ def _read_number(name: str | None, gray: np.ndarray, predictor) -> dict:
         digits, _, probs = read_number(gray, predictor.probabilities)
     except ImageError as e:
         raise ApiError(422, str(e)) from None
-    return number_record(name, digits, probs, predictor.classes)
+    return number_record(name, digits, probs, predictor.classes, scale)
 
 
 def _to_mnist(gray: np.ndarray, style: str) -> Preprocessed:
