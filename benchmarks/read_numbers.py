@@ -12,19 +12,11 @@ errors: too many or too few digits. "alone" is the string accuracy the same digi
 predict reads each one by itself (the model's share of the errors; the rest is segmentation).
 Last, the time to read a 4-digit number from a 12-megapixel photo (JPEG file, one thread).
 
-    python benchmarks/numbers.py RUN [--count 100] [--lengths 2 ... 8] [--seed 0]
+    python benchmarks/read_numbers.py RUN [--count 100] [--lengths 2 ... 8] [--seed 0]
                                      [--handwriting DIR]
 """
 
-# ruff: noqa: E402
 from __future__ import annotations
-
-import os
-import sys
-
-# This file is named like the standard library's `numbers`, which numpy imports: its folder
-# comes off the import path before anything else is imported.
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(__file__)]
 
 import argparse
 import csv
