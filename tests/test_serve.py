@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -258,6 +259,11 @@ def test_a_client_that_hangs_up_mid_body_is_no_error(served):
             s.sendall(f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {kind}\r\n"
                       "Content-Length: 1000\r\n\r\n{\"pixels\": [[0,".encode())  # fmt: skip
     assert served.request("GET", "/healthz")[0] == 200
+    # the worker that had the request logs it once it notices the hang-up; with several
+    # workers, /healthz may have been answered by another one first
+    deadline = time.monotonic() + 20
+    while '"POST /v1/predict" 499' not in served.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
     log = served.log.read_text()
     assert " 500 " not in log and "Traceback" not in log
     assert '"POST /v1/predict" 499' in log  # logged as the client's doing
