@@ -12,8 +12,8 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 _EXPORTS = {
     "anatomy": ["feature_maps", "grad_cam", "layer_table", "weight_sharing"],
     "checkpoint": ["TrainedModel", "load_run", "save_weights"],
-    "datasets": ["DATASETS", "Dataset", "DatasetInfo", "get_dataset_info", "load_dataset"],
-    "download": ["fetch", "verify_folder"],
+    "datasets": ["DATASETS", "Dataset", "DatasetInfo", "get_dataset_info"],
+    "download": ["fetch", "load_dataset", "verify_folder"],
     "errors": ["MnistCnnError"],
     "evaluation": ["EvalResult", "evaluate", "normalize"],
     "idx": ["load_idx"],

@@ -54,8 +54,13 @@ def _modules(model: CustomCNN) -> list[tuple[str, nn.Module]]:
     for b, block in enumerate((model.layer1, model.layer2, model.layer3), start=1):
         for part, module in zip(("conv", "relu", "pool"), block, strict=True):
             out.append((f"layer{b}.{part}", module))
-    out += [("flatten", nn.Flatten(1)), ("layer4.fc1", model.fc1), ("layer4.relu", model.relu),
-            ("layer4.dropout", model.dropout), ("layer5.fc2", model.fc2)]  # fmt: skip
+    out += [
+        ("flatten", nn.Flatten(1)),
+        ("layer4.fc1", model.fc1),
+        ("layer4.relu", model.relu),
+        ("layer4.dropout", model.dropout),
+        ("layer5.fc2", model.fc2),
+    ]
     return out
 
 
@@ -103,8 +108,16 @@ def layer_table(model: CustomCNN) -> list[LayerRow]:
                     jump *= s
                 elif isinstance(module, (nn.Flatten, nn.Linear)):
                     field = None  # every output sees the whole image
-                rows.append(LayerRow(name, _kind(module), tuple(y.shape[1:]),
-                                     count_parameters(module), macs, field))  # fmt: skip
+                rows.append(
+                    LayerRow(
+                        name,
+                        _kind(module),
+                        tuple(y.shape[1:]),
+                        count_parameters(module),
+                        macs,
+                        field,
+                    )
+                )
                 x = y
     finally:
         model.train(was_training)
@@ -127,9 +140,16 @@ def weight_sharing(model: CustomCNN) -> list[SharingRow]:
             y = conv(x)
             n_in, n_out = x[0].numel(), y[0].numel()
             positions = y.shape[-2] * y.shape[-1]
-            rows.append(SharingRow(f"layer{b}.conv", tuple(x.shape[1:]), tuple(y.shape[1:]),
-                                   count_parameters(conv), count_parameters(conv) * positions,
-                                   n_in * n_out + n_out))  # fmt: skip
+            rows.append(
+                SharingRow(
+                    f"layer{b}.conv",
+                    tuple(x.shape[1:]),
+                    tuple(y.shape[1:]),
+                    count_parameters(conv),
+                    count_parameters(conv) * positions,
+                    n_in * n_out + n_out,
+                )
+            )
             x = block(x)
     return rows
 
@@ -148,23 +168,34 @@ def format_anatomy(model: CustomCNN) -> str:
     for r in rows:
         field = f"{r.receptive_field}x{r.receptive_field}" if r.receptive_field else "whole image"
         macs = f"{r.mult_adds:,}" if r.mult_adds else "-"
-        lines.append(f"{r.name:<15}{r.kind:<38}{_shape(r.output_shape):<16}"
-                     f"{r.parameters:>11,}{macs:>13}  {field}")  # fmt: skip
+        lines.append(
+            f"{r.name:<15}{r.kind:<38}{_shape(r.output_shape):<16}"
+            f"{r.parameters:>11,}{macs:>13}  {field}"
+        )
     total_params = count_parameters(model)
     total_macs = sum(r.mult_adds for r in rows)
     lines.append("-" * len(head))
     lines.append(f"{'total':<15}{'':<38}{'':<16}{total_params:>11,}{total_macs:>13,}")
-    lines += ["", "Weight sharing and local receptive fields: each conv layer against layers with "
-              "the same input and output sizes", ""]  # fmt: skip
-    lines.append(f"{'layer':<15}{'input -> output':<32}{'conv':>9}{'no sharing':>13}"
-                 f"{'dense':>13}")  # fmt: skip
+    lines += [
+        "",
+        "Weight sharing and local receptive fields: each conv layer against layers with "
+        "the same input and output sizes",
+        "",
+    ]
+    lines.append(f"{'layer':<15}{'input -> output':<32}{'conv':>9}{'no sharing':>13}{'dense':>13}")
     for s in weight_sharing(model):
         io = f"{_shape(s.input_shape)} -> {_shape(s.output_shape)}"
-        lines.append(f"{s.name:<15}{io:<32}{s.conv_parameters:>9,}{s.local_parameters:>13,}"
-                     f"{s.dense_parameters:>13,}")  # fmt: skip
-    lines += ["", "conv: the same 3x3 filters at every position (weight sharing). no sharing: "
-              "the same 3x3 windows with", "their own weights at each position (local "
-              "connections only). dense: every input to every output."]  # fmt: skip
+        lines.append(
+            f"{s.name:<15}{io:<32}{s.conv_parameters:>9,}{s.local_parameters:>13,}"
+            f"{s.dense_parameters:>13,}"
+        )
+    lines += [
+        "",
+        "conv: the same 3x3 filters at every position (weight sharing). no sharing: "
+        "the same 3x3 windows with",
+        "their own weights at each position (local "
+        "connections only). dense: every input to every output.",
+    ]
     return "\n".join(lines)
 
 
@@ -255,8 +286,11 @@ def rotate_images(images: torch.Tensor, degrees: float) -> torch.Tensor:
     if degrees == 0:
         return images.clone()
     t = -math.radians(degrees)  # the grid maps output to input: the inverse rotation
-    theta = torch.tensor([[math.cos(t), math.sin(t), 0.0], [-math.sin(t), math.cos(t), 0.0]],
-                         dtype=images.dtype, device=images.device)  # fmt: skip
+    theta = torch.tensor(
+        [[math.cos(t), math.sin(t), 0.0], [-math.sin(t), math.cos(t), 0.0]],
+        dtype=images.dtype,
+        device=images.device,
+    )
     grid = F.affine_grid(theta.expand(len(images), 2, 3), list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -294,8 +328,9 @@ def ink_lost_by_rotation(images: torch.Tensor, degrees: float) -> torch.Tensor:
     """The fraction of each image's ink whose pixel centres a rotation about the image centre
     carries out of the frame (interpolation aside, what the rotated image can no longer show)."""
     n, _, h, w = images.shape
-    ys, xs = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2,
-                            indexing="ij")  # fmt: skip
+    ys, xs = torch.meshgrid(
+        torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij"
+    )
     t = math.radians(degrees)
     rx = math.cos(t) * xs + math.sin(t) * ys  # counter-clockwise on screen (y points down)
     ry = -math.sin(t) * xs + math.cos(t) * ys
@@ -308,9 +343,14 @@ def ink_lost_by_rotation(images: torch.Tensor, degrees: float) -> torch.Tensor:
 
 @torch.no_grad()
 def correct_under(
-    model: CustomCNN, images: torch.Tensor, labels: torch.Tensor, transform, mean: float,
-    std: float, batch: int = 1000,
-) -> torch.Tensor:  # fmt: skip
+    model: CustomCNN,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    transform,
+    mean: float,
+    std: float,
+    batch: int = 1000,
+) -> torch.Tensor:
     """Which images (uint8 (N, 1, H, W)) the model still gets right after ``transform`` (on
     0..1 pixels, before normalization): a bool tensor (N,) on the CPU."""
     was_training = model.training
@@ -327,8 +367,15 @@ def correct_under(
     return torch.cat(right) if right else torch.zeros(0, dtype=torch.bool)
 
 
-def accuracy_under(model: CustomCNN, images: torch.Tensor, labels: torch.Tensor,
-                   transform, mean: float, std: float, batch: int = 1000) -> float:  # fmt: skip
+def accuracy_under(
+    model: CustomCNN,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    transform,
+    mean: float,
+    std: float,
+    batch: int = 1000,
+) -> float:
     """Test accuracy when every image (uint8 (N, 1, H, W)) first goes through ``transform``
     (on 0..1 pixels, before normalization)."""
     return float(correct_under(model, images, labels, transform, mean, std, batch).float().mean())
@@ -374,12 +421,19 @@ def probe_rotate(model, images, labels, mean, std, angles=range(-45, 46, 5)) -> 
     """Accuracy with every test image rotated by each angle, and the ink each angle carries
     out of the frame (little: MNIST's corners are empty)."""
     angles = list(angles)
-    acc = [accuracy_under(model, images, labels, lambda t, a=a: rotate_images(t, a), mean, std)
-           for a in angles]  # fmt: skip
+    acc = [
+        accuracy_under(model, images, labels, lambda t, a=a: rotate_images(t, a), mean, std)
+        for a in angles
+    ]
     lost = [_mean(ink_lost_by_rotation(images, a)) for a in angles]
-    return {"kind": "rotate", "values": angles, "unit": "degrees",
-            "accuracy": {"rotation": acc}, "ink_lost": {"rotation": lost},
-            "images": len(images)}  # fmt: skip
+    return {
+        "kind": "rotate",
+        "values": angles,
+        "unit": "degrees",
+        "accuracy": {"rotation": acc},
+        "ink_lost": {"rotation": lost},
+        "images": len(images),
+    }
 
 
 def _pct(value: float) -> str:
@@ -391,23 +445,29 @@ def format_probe(result: dict) -> str:
     if result["kind"] == "rotate":
         lines = [f"{'rotation (degrees)':<20}{'accuracy':>10}{'ink lost':>10}"]
         for i, v in enumerate(result["values"]):
-            lines.append(f"{v:>+20d}{_pct(result['accuracy']['rotation'][i]):>10}"
-                         f"{_pct(result['ink_lost']['rotation'][i]):>10}")  # fmt: skip
+            lines.append(
+                f"{v:>+20d}{_pct(result['accuracy']['rotation'][i]):>10}"
+                f"{_pct(result['ink_lost']['rotation'][i]):>10}"
+            )
         return "\n".join(lines)
     n = result["images"]
     lines = []
     for axis, sense in (("horizontal", "+ right, - left"), ("vertical", "+ down, - up")):
-        lines += [f"{axis} shift (pixels; {sense})",
-                  f"{'':7}{'digits whose ink stays inside':<33}{'all digits, ink cut off':<24}",
-                  f"{'shift':>6}{'kept':>14}{'shifted':>9}{'unshifted':>10}"
-                  f"{'accuracy':>11}{'ink lost':>10}"]  # fmt: skip
+        lines += [
+            f"{axis} shift (pixels; {sense})",
+            f"{'':7}{'digits whose ink stays inside':<33}{'all digits, ink cut off':<24}",
+            f"{'shift':>6}{'kept':>14}{'shifted':>9}{'unshifted':>10}"
+            f"{'accuracy':>11}{'ink lost':>10}",
+        ]
         for i, v in enumerate(result["values"]):
             kept = result["kept"][axis][i]
             share = f"{kept:,} ({100 * kept / n:.0f}%)" if n else "0"
-            lines.append(f"{v:>+6d}{share:>14}{_pct(result['accuracy'][axis][i]):>9}"
-                         f"{_pct(result['unshifted'][axis][i]):>10}"
-                         f"{_pct(result['cut'][axis][i]):>11}"
-                         f"{_pct(result['ink_lost'][axis][i]):>10}")  # fmt: skip
+            lines.append(
+                f"{v:>+6d}{share:>14}{_pct(result['accuracy'][axis][i]):>9}"
+                f"{_pct(result['unshifted'][axis][i]):>10}"
+                f"{_pct(result['cut'][axis][i]):>11}"
+                f"{_pct(result['ink_lost'][axis][i]):>10}"
+            )
         lines.append("")
     return "\n".join(lines[:-1])
 
@@ -429,10 +489,12 @@ def feature_panel(model: CustomCNN, x: torch.Tensor, deep_channels: int = 16) ->
         top = float(maps.max())
         # square root: weak activations stay visible next to the strongest (a display gamma)
         scaled = np.sqrt(maps[channels] / top) * 255 if top > 0 else np.zeros_like(maps[channels])
-        panel.append({
-            "name": stage.name.split(".")[0],
-            "shape": list(maps.shape),
-            "channels": channels.tolist(),
-            "maps": np.round(scaled).astype(np.uint8).tolist(),
-        })  # fmt: skip
+        panel.append(
+            {
+                "name": stage.name.split(".")[0],
+                "shape": list(maps.shape),
+                "channels": channels.tolist(),
+                "maps": np.round(scaled).astype(np.uint8).tolist(),
+            }
+        )
     return panel

@@ -64,9 +64,12 @@ def _affine_theta(images, max_shift, max_degrees, max_scale, max_shear, generato
 
 
 def stroke_width(
-    images: torch.Tensor, *, thicken: float = 1.0, thin: float = 0.5,
+    images: torch.Tensor,
+    *,
+    thicken: float = 1.0,
+    thin: float = 0.5,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """Thicken each image's strokes by up to ``thicken`` pixels on each side, or thin them by
     up to ``thin``, a random amount per image: a blend towards its grey dilation (3x3 maximum)
     or erosion (3x3 minimum), one pixel at a time. Each image keeps its brightest value, so a
@@ -86,9 +89,16 @@ def stroke_width(
 
 
 def elastic_field(
-    n: int, h: int, w: int, *, alpha: float, cells: int = 4, device=None,
-    generator: torch.Generator | None = None, dtype=torch.float32,
-) -> torch.Tensor:  # fmt: skip
+    n: int,
+    h: int,
+    w: int,
+    *,
+    alpha: float,
+    cells: int = 4,
+    device=None,
+    generator: torch.Generator | None = None,
+    dtype=torch.float32,
+) -> torch.Tensor:
     """(n, h, w, 2) smooth random displacements of at most about ``alpha`` pixels, in
     grid_sample's units: uniform draws on a coarse cells x cells grid, upsampled bicubically."""
     coarse = torch.rand(n, 2, cells, cells, device=device, generator=generator) * 2 - 1
@@ -116,8 +126,9 @@ def handwriting(
     theta = _affine_theta(x, max_shift, max_degrees, max_scale, max_shear, generator)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     if elastic:
-        grid = grid + elastic_field(n, h, w, alpha=elastic, device=x.device, generator=generator,
-                                    dtype=grid.dtype)  # fmt: skip
+        grid = grid + elastic_field(
+            n, h, w, alpha=elastic, device=x.device, generator=generator, dtype=grid.dtype
+        )
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

@@ -83,8 +83,9 @@ def load_state(run_dir: Path) -> dict | None:
     missing = [k for k in STATE_KEYS if k not in state]
     if missing:
         raise MnistCnnError(f"{path}: not a resume state (missing {', '.join(missing)})")
-    schema.in_range(schema.field(state, "epoch", int, path), 1, schema.MAX_METRICS_LINES, path,
-                    "epoch")  # fmt: skip
+    schema.in_range(
+        schema.field(state, "epoch", int, path), 1, schema.MAX_METRICS_LINES, path, "epoch"
+    )
     return state
 
 
@@ -104,8 +105,11 @@ def restore_state(state: dict, path: Path, model, optimizer, scheduler, rng_now:
         schema.same_structure(state["scheduler"], fresh, path, "scheduler")
         saved = state["scheduler"]
         if saved["total_steps"] != fresh["total_steps"]:
-            schema.fail(path, "scheduler.total_steps", f"{saved['total_steps']}, but this run "
-                        f"plans {fresh['total_steps']} steps")  # fmt: skip
+            schema.fail(
+                path,
+                "scheduler.total_steps",
+                f"{saved['total_steps']}, but this run plans {fresh['total_steps']} steps",
+            )
         schema.in_range(saved["last_epoch"], 0, fresh["total_steps"], path, "scheduler.last_epoch")
     rng = state["rng"]
     expected = {"torch": rng_now["torch"]}
@@ -130,14 +134,16 @@ def _check_optimizer(saved, optimizer, path: Path) -> None:
     fresh = optimizer.state_dict()
     if not isinstance(saved, dict) or set(saved) != {"state", "param_groups"}:
         schema.fail(path, "optimizer", "expected Adam's state (state, param_groups)")
-    schema.same_structure(saved["param_groups"], fresh["param_groups"], path,
-                          "optimizer.param_groups")  # fmt: skip
+    schema.same_structure(
+        saved["param_groups"], fresh["param_groups"], path, "optimizer.param_groups"
+    )
     for i, (a, b) in enumerate(zip(saved["param_groups"], fresh["param_groups"], strict=True)):
         if a["params"] != b["params"]:
             schema.fail(path, f"optimizer.param_groups[{i}].params", "not this model's parameters")
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    moments = {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if fresh["param_groups"][0].get(
-        "amsgrad") else set())  # fmt: skip
+    moments = {"exp_avg", "exp_avg_sq"} | (
+        {"max_exp_avg_sq"} if fresh["param_groups"][0].get("amsgrad") else set()
+    )
     state = saved["state"]
     if not isinstance(state, dict):
         schema.fail(path, "optimizer.state", f"expected an object, found {state!r:.60}")
@@ -164,8 +170,9 @@ def write_checkpoint(
     The weights carry the epoch's config, which readers take when config.json is not yet (or,
     after a kill, never) rewritten for the same epoch."""
     atomic_write_jsonl(run_dir / METRICS_FILE, history)
-    save_weights(run_dir / MODEL_FILE, model, {"epoch": state["epoch"],
-                                               "config": json.dumps(config)})  # fmt: skip
+    save_weights(
+        run_dir / MODEL_FILE, model, {"epoch": state["epoch"], "config": json.dumps(config)}
+    )
     atomic_write_json(run_dir / CONFIG_FILE, config)
     save_state(run_dir / STATE_FILE, state)
 

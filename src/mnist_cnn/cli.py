@@ -44,13 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
             default=default,
             help=f"dataset name (default: {shown_default})",
         )
-        p.add_argument("--data-dir", metavar="DIR",
-                       help="folder with the dataset, or a root holding <dataset>/ folders "
-                            "(default: $MNIST_CNN_DATA)")  # fmt: skip
+        p.add_argument(
+            "--data-dir",
+            metavar="DIR",
+            help="folder with the dataset, or a root holding <dataset>/ folders "
+            "(default: $MNIST_CNN_DATA)",
+        )
 
-    t = sub.add_parser("train", help="train CustomCNN (defaults: the reference recipe)",
-                       description="Train CustomCNN. Defaults are the reference recipe: Adam "
-                                   "lr 1e-3, batch 100, 15 epochs, seed 777.")  # fmt: skip
+    t = sub.add_parser(
+        "train",
+        help="train CustomCNN (defaults: the reference recipe)",
+        description="Train CustomCNN. Defaults are the reference recipe: Adam "
+        "lr 1e-3, batch 100, 15 epochs, seed 777.",
+    )
     data_args(t, None, "mnist")
     t.add_argument(
         "--recipe",
@@ -102,14 +108,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="hold out N training images as a validation split (default 0)",
     )
-    t.add_argument("--dropout", type=float, metavar="P",
-                   help="dropout of layer4's units (default 0.5, as in the seed)")  # fmt: skip
-    t.add_argument("--dist-backend", choices=("auto", "gloo", "nccl"), default="auto",
-                   help="under torchrun: gloo (CPU) or nccl (CUDA); auto picks")  # fmt: skip
-    t.add_argument("--dist-timeout", type=float, default=300, metavar="S",
-                   help="under torchrun: seconds to wait for a missing process (300)")  # fmt: skip
-    t.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
-                   help="also log to RUN/tensorboard: tensorboard --logdir runs")  # fmt: skip
+    t.add_argument(
+        "--dropout",
+        type=float,
+        metavar="P",
+        help="dropout of layer4's units (default 0.5, as in the seed)",
+    )
+    t.add_argument(
+        "--dist-backend",
+        choices=("auto", "gloo", "nccl"),
+        default="auto",
+        help="under torchrun: gloo (CPU) or nccl (CUDA); auto picks",
+    )
+    t.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=300,
+        metavar="S",
+        help="under torchrun: seconds to wait for a missing process (300)",
+    )
+    t.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also log to RUN/tensorboard: tensorboard --logdir runs",
+    )
     t.add_argument("--eval-batch-size", type=int, help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train)
 
@@ -178,21 +201,37 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "run", metavar="RUN", help="run directory, a model.safetensors in one, or an exported .onnx"
     )
-    r.add_argument("images", metavar="IMAGE", nargs="+",
-                   help="image file, directory (searched recursively) or - for stdin")  # fmt: skip
+    r.add_argument(
+        "images",
+        metavar="IMAGE",
+        nargs="+",
+        help="image file, directory (searched recursively) or - for stdin",
+    )
     r.add_argument("--json", action="store_true", help="one JSON object per line")
-    r.add_argument("--save-preprocessed", metavar="DIR",
-                   help="write each digit the model saw, as PNG (<image>-<n>.png)")  # fmt: skip
-    r.add_argument("--max-pixels", type=int, default=40_000_000, metavar="N",
-                   help="refuse larger images (default 40 megapixels)")  # fmt: skip
+    r.add_argument(
+        "--save-preprocessed",
+        metavar="DIR",
+        help="write each digit the model saw, as PNG (<image>-<n>.png)",
+    )
+    r.add_argument(
+        "--max-pixels",
+        type=int,
+        default=40_000_000,
+        metavar="N",
+        help="refuse larger images (default 40 megapixels)",
+    )
     r.add_argument("--device", choices=DEVICES, default="cpu")
     r.set_defaults(func=cmd_read)
 
     x = sub.add_parser("export", help="ONNX (fp32 or int8) or a torch.export program, checked")
     x.add_argument("run", metavar="RUN", help="run directory, or a model.safetensors in one")
-    x.add_argument("--format", choices=["onnx", "exported-program"], default="onnx",
-                   help="onnx (default; ONNX Runtime, no PyTorch needed) or exported-program "
-                        "(torch.export.save)")  # fmt: skip
+    x.add_argument(
+        "--format",
+        choices=["onnx", "exported-program"],
+        default="onnx",
+        help="onnx (default; ONNX Runtime, no PyTorch needed) or exported-program "
+        "(torch.export.save)",
+    )
     x.add_argument(
         "--quantize",
         choices=["int8"],
@@ -208,34 +247,83 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     v.add_argument("--port", type=int, default=8000, help="port (8000; 0 picks a free one)")
-    v.add_argument("--max-body", type=float, default=5, metavar="MB",
-                   help="largest request body in MB (5)")  # fmt: skip
-    v.add_argument("--max-pixels", type=int, default=16_000_000, metavar="N",
-                   help="refuse uploaded images with more pixels (16 megapixels)")  # fmt: skip
-    v.add_argument("--batch-wait", type=float, default=2.0, metavar="MS",
-                   help="wait up to MS ms for concurrent requests to batch (2)")  # fmt: skip
-    v.add_argument("--max-batch", type=int, default=64, metavar="N",
-                   help="most images in one forward pass (64)")  # fmt: skip
-    v.add_argument("--workers", type=int, metavar="N",
-                   help="processes serving, each with the model (one per core)")  # fmt: skip
-    v.add_argument("--threads", type=int, metavar="N",
-                   help="threads for the model (default: the runtime's choice)")  # fmt: skip
+    v.add_argument(
+        "--max-body", type=float, default=5, metavar="MB", help="largest request body in MB (5)"
+    )
+    v.add_argument(
+        "--max-pixels",
+        type=int,
+        default=16_000_000,
+        metavar="N",
+        help="refuse uploaded images with more pixels (16 megapixels)",
+    )
+    v.add_argument(
+        "--batch-wait",
+        type=float,
+        default=2.0,
+        metavar="MS",
+        help="wait up to MS ms for concurrent requests to batch (2)",
+    )
+    v.add_argument(
+        "--max-batch",
+        type=int,
+        default=64,
+        metavar="N",
+        help="most images in one forward pass (64)",
+    )
+    v.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes serving, each with the model (one per core)",
+    )
+    v.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="threads for the model (default: the runtime's choice)",
+    )
     v.add_argument("--device", choices=DEVICES, default="cpu")
-    v.add_argument("--runtime", choices=("auto", "onnxruntime", "pytorch"), default="auto",
-                   help="auto (default): a run directory on ONNX Runtime, exported in memory "
-                   "and checked at start, when it is installed")  # fmt: skip
-    v.add_argument("--allowed-hosts", metavar="NAMES",
-                   help="comma-separated names the Host header may carry, '*' for any "
-                   "(default: localhost,127.0.0.1,::1 on loopback, else any)")  # fmt: skip
-    v.add_argument("--max-connections", type=int, metavar="N",
-                   help="open connections at most; more get 503 (default: from the "
-                   "open-file limit)")  # fmt: skip
-    v.add_argument("--max-header", type=int, default=32, metavar="KB",
-                   help="largest request line and headers; more get 431 (32)")  # fmt: skip
-    v.add_argument("--header-timeout", type=float, default=10, metavar="S",
-                   help="seconds for the request line and headers, else 408 (10)")  # fmt: skip
-    v.add_argument("--body-timeout", type=float, default=10, metavar="S",
-                   help="seconds a request body may stall, else 408 (10)")  # fmt: skip
+    v.add_argument(
+        "--runtime",
+        choices=("auto", "onnxruntime", "pytorch"),
+        default="auto",
+        help="auto (default): a run directory on ONNX Runtime, exported in memory "
+        "and checked at start, when it is installed",
+    )
+    v.add_argument(
+        "--allowed-hosts",
+        metavar="NAMES",
+        help="comma-separated names the Host header may carry, '*' for any "
+        "(default: localhost,127.0.0.1,::1 on loopback, else any)",
+    )
+    v.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="open connections at most; more get 503 (default: from the open-file limit)",
+    )
+    v.add_argument(
+        "--max-header",
+        type=int,
+        default=32,
+        metavar="KB",
+        help="largest request line and headers; more get 431 (32)",
+    )
+    v.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10,
+        metavar="S",
+        help="seconds for the request line and headers, else 408 (10)",
+    )
+    v.add_argument(
+        "--body-timeout",
+        type=float,
+        default=10,
+        metavar="S",
+        help="seconds a request body may stall, else 408 (10)",
+    )
     v.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("summary", help="each layer's shape, parameters, mult-adds, receptive field")
@@ -254,9 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("probe", help="test accuracy as the test images shift or rotate")
     pr.add_argument("run", metavar="RUN", help="run directory or a model.safetensors in one")
     kind = pr.add_mutually_exclusive_group(required=True)
-    kind.add_argument("--shift", action="store_true",
-                      help="-6..+6 pixels, each axis, on the digits whose ink stays in the "
-                           "frame (and, apart, all digits with their ink cut off)")  # fmt: skip
+    kind.add_argument(
+        "--shift",
+        action="store_true",
+        help="-6..+6 pixels, each axis, on the digits whose ink stays in the "
+        "frame (and, apart, all digits with their ink cut off)",
+    )
     kind.add_argument("--rotate", action="store_true", help="-45..+45 degrees in steps of 5")
     pr.add_argument("--out", metavar="DIR", help="also write the plot and the numbers here")
     pr.add_argument("--limit", type=int, metavar="N", help="use the first N test images")
@@ -313,8 +404,14 @@ def cmd_train(args) -> int:
         config = replace(saved, **{n: v for n, v in given.items() if n in RESUMABLE})
     else:
         config = TrainConfig.from_recipe(**given)
-    result = train(config, resume=args.resume, log=_log, progress=_progress(),
-                   dist_backend=args.dist_backend, dist_timeout=args.dist_timeout)  # fmt: skip
+    result = train(
+        config,
+        resume=args.resume,
+        log=_log,
+        progress=_progress(),
+        dist_backend=args.dist_backend,
+        dist_timeout=args.dist_timeout,
+    )
     final = result.final
     if final and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
         print(
@@ -326,8 +423,8 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .checkpoint import load_run
-    from .datasets import load_dataset
     from .device import select_device
+    from .download import load_dataset
     from .evaluation import evaluate
 
     trained = load_run(args.run, device=select_device(args.device))
@@ -340,12 +437,17 @@ def cmd_evaluate(args) -> int:
         )
     images, labels = data.split(args.split)
     result = evaluate(
-        trained.model, images, labels, mean=trained.mean, std=trained.std,
+        trained.model,
+        images,
+        labels,
+        mean=trained.mean,
+        std=trained.std,
         num_classes=data.info.num_classes,
-    )  # fmt: skip
+    )
     if args.report:
-        path = _write_report(args.report, trained, data, images, labels, dataset, args.split,
-                             history)  # fmt: skip
+        path = _write_report(
+            args.report, trained, data, images, labels, dataset, args.split, history
+        )
         if not args.json:
             print(f"report written to {path}")
     _record_evaluation(trained, f"{dataset}/{args.split}", result)
@@ -368,11 +470,15 @@ def _record_evaluation(trained, key: str, result) -> None:
         record_evaluation(trained.run_dir, key, result.to_dict(), epoch)
         write_model_card(trained.run_dir)
     except OSError as e:
-        print(f"mnist-cnn: note: model card not updated ({e.strerror}: {e.filename})",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"mnist-cnn: note: model card not updated ({e.strerror}: {e.filename})", file=sys.stderr
+        )
     except (KeyError, TypeError, ValueError, MnistCnnError) as e:  # a field only the card reads
-        print(f"mnist-cnn: note: model card not updated ({trained.run_dir}: a field it shows "
-              f"is missing or malformed: {e})", file=sys.stderr)  # fmt: skip
+        print(
+            f"mnist-cnn: note: model card not updated ({trained.run_dir}: a field it shows "
+            f"is missing or malformed: {e})",
+            file=sys.stderr,
+        )
 
 
 def _write_report(folder, trained, data, images, labels, dataset, split, history):
@@ -559,12 +665,24 @@ def cmd_serve(args) -> int:
         if not hosts:
             raise MnistCnnError("--allowed-hosts needs at least one name (or '*')")
     device = "cpu" if args.run.endswith(".onnx") else select_device(args.device)
-    serve(args.run, host=args.host, port=args.port, workers=args.workers, device=device,
-          threads=args.threads, max_body=int(args.max_body * 1024 * 1024),
-          max_pixels=args.max_pixels, batch_wait=args.batch_wait / 1000,
-          max_batch=args.max_batch, runtime=args.runtime, allowed_hosts=hosts,
-          max_connections=args.max_connections, max_header_bytes=args.max_header * 1024,
-          header_timeout=args.header_timeout, body_timeout=args.body_timeout)  # fmt: skip
+    serve(
+        args.run,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        device=device,
+        threads=args.threads,
+        max_body=int(args.max_body * 1024 * 1024),
+        max_pixels=args.max_pixels,
+        batch_wait=args.batch_wait / 1000,
+        max_batch=args.max_batch,
+        runtime=args.runtime,
+        allowed_hosts=hosts,
+        max_connections=args.max_connections,
+        max_header_bytes=args.max_header * 1024,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+    )
     return 0
 
 
@@ -611,7 +729,7 @@ def cmd_export(args) -> int:
     import torch
 
     from .checkpoint import load_run
-    from .datasets import load_dataset
+    from .download import load_dataset
     from .export import ParityError, check_request, export
 
     trained = load_run(args.run)
@@ -620,10 +738,14 @@ def cmd_export(args) -> int:
     pick = torch.randperm(len(data.train_images), generator=torch.Generator().manual_seed(0))
     try:
         check = export(
-            trained, args.output, fmt=args.format, quantize=args.quantize,
-            test_images=data.test_images, test_labels=data.test_labels,
+            trained,
+            args.output,
+            fmt=args.format,
+            quantize=args.quantize,
+            test_images=data.test_images,
+            test_labels=data.test_labels,
             calibration_images=data.train_images[pick[:1000]],
-        )  # fmt: skip
+        )
     except ParityError as e:
         print(f"mnist-cnn: export check failed, nothing written: {e}", file=sys.stderr)
         return 1
@@ -650,8 +772,10 @@ def cmd_summary(args) -> int:
             {**s.__dict__, "input_shape": list(s.input_shape), "output_shape": list(s.output_shape)}
             for s in weight_sharing(model)
         ]
-        total = {"parameters": count_parameters(model),
-                 "mult_adds": sum(r["mult_adds"] for r in layers)}  # fmt: skip
+        total = {
+            "parameters": count_parameters(model),
+            "mult_adds": sum(r["mult_adds"] for r in layers),
+        }
         print(json.dumps({"layers": layers, "total": total, "weight_sharing": sharing}))
         return 0
     print(format_anatomy(model))
@@ -689,8 +813,8 @@ def cmd_explain(args) -> int:
 def cmd_probe(args) -> int:
     from .anatomy import format_probe, probe_rotate, probe_shift
     from .checkpoint import load_run
-    from .datasets import load_dataset
     from .device import select_device
+    from .download import load_dataset
 
     if args.limit is not None and args.limit < 1:
         raise MnistCnnError("--limit must be at least 1")

@@ -127,8 +127,11 @@ class LimitedProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
                 kb = self.limits.max_header_bytes // 1024
-                self._refuse(431, "Request Header Fields Too Large",
-                             f"the request line and headers are over {kb} KB")  # fmt: skip
+                self._refuse(
+                    431,
+                    "Request Header Fields Too Large",
+                    f"the request line and headers are over {kb} KB",
+                )
 
     def on_headers_complete(self) -> None:
         self._reading_head, self._head_bytes = False, 0

@@ -125,7 +125,7 @@ DATASETS: dict[str, DatasetInfo] = {
             "Sneaker",
             "Bag",
             "Ankle boot",
-        ),  # fmt: skip
+        ),
         mean=0.2860,
         std=0.3530,
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
@@ -258,21 +258,33 @@ def locate(info: DatasetInfo, data_dir: str | os.PathLike | None = None) -> Path
 
 def identify(folder: Path) -> str | None:
     """Which known dataset the training labels in ``folder`` are (by checksum), if any."""
-    from .files import file_digest
-
     for info in DATASETS.values():
         f = info.files["train-labels"]
         path = file_in(folder, f)
         if path is None:
             continue
         try:
-            if f.sha256 and file_digest(path, "sha256", True, f.size) == f.sha256:
-                return info.name
-            gz = path.name.endswith(".gz")
-            if gz and file_digest(path, "md5", limit=f.max_gz_size) == f.md5_gz:
+            if checksum_matches(f, path):
                 return info.name
         except (OSError, EOFError, ValueError, zlib.error):
             return None  # unreadable: loading will say what is wrong with it
+    return None
+
+
+def checksum_matches(f: DataFile, path: Path, *, gz: bool | None = None) -> bool | None:
+    """Whether ``path`` is ``f`` by its published checksum; None where none is published.
+
+    The SHA-256 of the decompressed payload where it is known, else the MD5 of the .gz as
+    published (``gz``: whether ``path`` is that .gz; default, judged by its name). Raises
+    what reading raises (OSError, EOFError, zlib.error, files.TooLarge).
+    """
+    from .files import file_digest
+
+    gz = path.name.endswith(".gz") if gz is None else gz
+    if f.sha256 is not None:
+        return file_digest(path, "sha256", decompress=True, limit=f.size) == f.sha256
+    if gz:
+        return file_digest(path, "md5", limit=f.max_gz_size) == f.md5_gz
     return None
 
 
@@ -289,25 +301,6 @@ def not_found_message(info: DatasetInfo, data_dir, reason: str) -> str:
 # ---------------------------------------------------------------------------- loading
 
 
-def load_dataset(
-    name: str = "mnist",
-    data_dir: str | os.PathLike | None = None,
-    *,
-    download: bool = True,
-    progress: bool = False,
-) -> Dataset:
-    """Find (or download into the cache) dataset ``name`` and load it into memory."""
-    info = get_dataset_info(name)
-    folder = locate(info, data_dir)
-    if folder is None:
-        if not download:
-            raise MnistCnnError(not_found_message(info, data_dir, "downloading is off"))
-        from .download import fetch
-
-        folder = fetch(info, data_dir=data_dir, progress=progress)
-    return load_folder(info, folder)
-
-
 def load_folder(info: DatasetInfo, folder: str | os.PathLike) -> Dataset:
     """Load and cross-check the four files of ``info`` from ``folder``."""
     folder = Path(folder)
@@ -317,9 +310,12 @@ def load_folder(info: DatasetInfo, folder: str | os.PathLike) -> Dataset:
     arrays = {}
     for key, path in paths.items():
         is_labels = key.endswith("labels")
-        arrays[key] = load_idx(path, num_classes=info.num_classes if is_labels else None,
-                               max_count=info.files[key].count,
-                               image_shape=(IMAGE_SIZE, IMAGE_SIZE))  # fmt: skip
+        arrays[key] = load_idx(
+            path,
+            num_classes=info.num_classes if is_labels else None,
+            max_count=info.files[key].count,
+            image_shape=(IMAGE_SIZE, IMAGE_SIZE),
+        )
         if arrays[key].ndim != (1 if is_labels else 3):
             found, wanted = ("images", "labels") if is_labels else ("labels", "images")
             raise MnistCnnError(f"{path}: holds {found}, expected {wanted}")

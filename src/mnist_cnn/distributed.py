@@ -73,8 +73,9 @@ def check_batch(batch_size: int) -> None:
         )
 
 
-def start(device: torch.device, backend: str = "auto", timeout: float = DEFAULT_TIMEOUT
-          ) -> tuple[Ranks, torch.device]:  # fmt: skip
+def start(
+    device: torch.device, backend: str = "auto", timeout: float = DEFAULT_TIMEOUT
+) -> tuple[Ranks, torch.device]:
     """Join the process group torchrun set up; returns this rank and the device it uses."""
     rank = _env_int("RANK")
     size = world_size()

@@ -11,9 +11,20 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .datasets import DataFile, DatasetInfo, cache_dir, file_in, not_found_message
+from .datasets import (
+    DataFile,
+    Dataset,
+    DatasetInfo,
+    cache_dir,
+    checksum_matches,
+    file_in,
+    get_dataset_info,
+    load_folder,
+    locate,
+    not_found_message,
+)
 from .errors import MnistCnnError
-from .files import TooLarge, atomic_write, file_digest, remove_stale_temp_files
+from .files import TooLarge, atomic_write, remove_stale_temp_files
 from .locks import DirectoryLock
 
 _CHUNK = 1 << 16
@@ -30,23 +41,40 @@ class FileCheck:
 
 
 def check_file(f: DataFile, path: Path, *, gz: bool | None = None) -> tuple[bool, str]:
-    """Verify one file: SHA-256 of its decompressed payload, else the MD5 of the .gz.
-
-    ``gz`` says whether ``path`` is the .gz as published (default: judged by its name).
-    """
-    gz = path.name.endswith(".gz") if gz is None else gz
+    """Verify one file by its published checksum (datasets.checksum_matches), with the verdict."""
     try:
-        if f.sha256 is not None:
-            ok = file_digest(path, "sha256", decompress=True, limit=f.size) == f.sha256
-            return ok, "sha256 ok" if ok else "sha256 mismatch"
-        if gz:
-            ok = file_digest(path, "md5", limit=f.max_gz_size) == f.md5_gz
-            return ok, "md5 ok" if ok else "md5 mismatch (a recompressed file cannot match)"
-        return True, "no published checksum for the uncompressed file"
+        ok = checksum_matches(f, path, gz=gz)
     except TooLarge as e:
         return False, str(e)
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
         return False, f"unreadable: {e}"
+    if ok is None:
+        return True, "no published checksum for the uncompressed file"
+    if ok:
+        return True, "sha256 ok" if f.sha256 is not None else "md5 ok"
+    if f.sha256 is not None:
+        return False, "sha256 mismatch"
+    return False, "md5 mismatch (a recompressed file cannot match)"
+
+
+def load_dataset(
+    name: str = "mnist",
+    data_dir: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    progress: bool = False,
+) -> Dataset:
+    """Find (or download into the cache) dataset ``name`` and load it into memory.
+
+    Here rather than in ``datasets``, which finds and reads files but never downloads.
+    """
+    info = get_dataset_info(name)
+    folder = locate(info, data_dir)
+    if folder is None:
+        if not download:
+            raise MnistCnnError(not_found_message(info, data_dir, "downloading is off"))
+        folder = fetch(info, data_dir=data_dir, progress=progress)
+    return load_folder(info, folder)
 
 
 def verify_folder(info: DatasetInfo, folder: str | os.PathLike) -> list[FileCheck]:
@@ -135,8 +163,9 @@ def _stream(url: str, out, *, progress: bool, timeout: float, label: str, limit:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             if total is not None and total > limit:
-                raise _MirrorFailed(f"announces {total:,} bytes, more than the {limit:,} "
-                                    f"{label} can be")  # fmt: skip
+                raise _MirrorFailed(
+                    f"announces {total:,} bytes, more than the {limit:,} {label} can be"
+                )
             from tqdm import tqdm
 
             with tqdm(
@@ -151,8 +180,9 @@ def _stream(url: str, out, *, progress: bool, timeout: float, label: str, limit:
                 while chunk := response.read(_CHUNK):
                     received += len(chunk)
                     if received > limit:
-                        raise _MirrorFailed(f"sent more than the {limit:,} bytes {label} can be; "
-                                            "stopped")  # fmt: skip
+                        raise _MirrorFailed(
+                            f"sent more than the {limit:,} bytes {label} can be; stopped"
+                        )
                     out.write(chunk)
                     bar.update(len(chunk))
             if total is not None and received != total:

@@ -62,14 +62,18 @@ def explain(trained, pre, out_dir, name: str = "image", top_k: int = 5) -> dict:
         "label": label,
         "class": classes[label],
         "probability": float(probs[label]),
-        "top_k": [{"label": int(k), "class": classes[k], "probability": float(probs[k])}
-                  for k in order],  # fmt: skip
+        "top_k": [
+            {"label": int(k), "class": classes[k], "probability": float(probs[k])} for k in order
+        ],
         "stages": {s.name: list(s.maps.shape) for s in stages},
         "channels_shown": {k: v.tolist() for k, v in chosen.items()},
-        "evidence": {"method": "Grad-CAM", "layer": "layer3 (conv + ReLU, 7x7)",
-                     "peak": [int(v) for v in np.unravel_index(cam.argmax(), cam.shape)]},
+        "evidence": {
+            "method": "Grad-CAM",
+            "layer": "layer3 (conv + ReLU, 7x7)",
+            "peak": [int(v) for v in np.unravel_index(cam.argmax(), cam.shape)],
+        },
         "images": sorted(f"{k}.png" for k in pngs),
-    }  # fmt: skip
+    }
     atomic_write_text(out / "explanation.json", json.dumps(record, indent=2) + "\n")
     page = _explain_html(trained, record, pngs, layer_table(model))
     atomic_write_text(out / "index.html", page)
@@ -122,8 +126,7 @@ def _plot_stages(by_name: dict, layer: str, channels: np.ndarray):
     per_row = 16
     chunks = [channels[i : i + per_row] for i in range(0, len(channels), per_row)]
     rows = len(parts) * len(chunks)
-    fig, axes = plt.subplots(rows, per_row, figsize=(per_row * 0.72, rows * 0.86),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(rows, per_row, figsize=(per_row * 0.72, rows * 0.86), squeeze=False)
     for p, part in enumerate(parts):
         maps = by_name[f"{layer}.{part}"]
         limit = float(np.abs(maps).max()) or 1.0
@@ -142,10 +145,14 @@ def _plot_stages(by_name: dict, layer: str, channels: np.ndarray):
                     ax.set_title(f"#{chunk[j]}", fontsize=7)
             if c == 0:
                 h, w = maps.shape[1:]
-                axes[r][0].set_ylabel(f"{part}\n{h}x{w}", fontsize=8, rotation=0, ha="right",
-                                      va="center")  # fmt: skip
-    shown = "all channels" if len(channels) == len(by_name[f"{layer}.relu"]) else (
-        f"the {len(channels)} most active of {len(by_name[f'{layer}.relu'])} channels")  # fmt: skip
+                axes[r][0].set_ylabel(
+                    f"{part}\n{h}x{w}", fontsize=8, rotation=0, ha="right", va="center"
+                )
+    shown = (
+        "all channels"
+        if len(channels) == len(by_name[f"{layer}.relu"])
+        else (f"the {len(channels)} most active of {len(by_name[f'{layer}.relu'])} channels")
+    )
     fig.subplots_adjust(left=0.08, wspace=0.08, hspace=0.25)
     fig.suptitle(
         f"{layer}: {shown}, after conv, ReLU and max-pool", fontsize=10, y=1.0 + 0.35 / rows
@@ -270,18 +277,32 @@ def _plot_shift(result: dict):
     ink cut off; below it, how many digits stay whole and how much ink the shift cuts off."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True,
-                             gridspec_kw={"height_ratios": [2, 1]})  # fmt: skip
+    fig, axes = plt.subplots(
+        2, 2, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]}
+    )
     v, n = result["values"], max(result["images"], 1)
-    for col, (axis, sense) in enumerate((("horizontal", "left - / + right"),
-                                         ("vertical", "up - / + down"))):  # fmt: skip
+    for col, (axis, sense) in enumerate(
+        (("horizontal", "left - / + right"), ("vertical", "up - / + down"))
+    ):
         top, bottom = axes[0, col], axes[1, col]
         pct = {k: [100 * a for a in result[k][axis]] for k in ("accuracy", "unshifted", "cut")}
         top.plot(v, pct["accuracy"], marker="o", color="C0", label="digits kept whole, shifted")
-        top.plot(v, pct["unshifted"], ls="--", color="C0", alpha=0.6,
-                 label="the same digits, not shifted")  # fmt: skip
-        top.plot(v, pct["cut"], marker=".", ls=":", color="C3",
-                 label="all digits, ink cut off at the edge")  # fmt: skip
+        top.plot(
+            v,
+            pct["unshifted"],
+            ls="--",
+            color="C0",
+            alpha=0.6,
+            label="the same digits, not shifted",
+        )
+        top.plot(
+            v,
+            pct["cut"],
+            marker=".",
+            ls=":",
+            color="C3",
+            label="all digits, ink cut off at the edge",
+        )
         top.set_title(f"{axis} shift", fontsize=10)
         top.set_ylabel("test accuracy (%)")
         top.set_ylim(0, 100)
@@ -297,8 +318,9 @@ def _plot_shift(result: dict):
             ax.axvline(0, color="#999", lw=0.8)
     axes[0, 0].legend(fontsize=8, loc="lower center")
     axes[1, 0].legend(fontsize=8, loc="lower center")
-    fig.suptitle(f"How translation-invariant is it? {result['images']:,} test images, shifted",
-                 fontsize=11)  # fmt: skip
+    fig.suptitle(
+        f"How translation-invariant is it? {result['images']:,} test images, shifted", fontsize=11
+    )
     fig.tight_layout()
     return fig
 
@@ -309,8 +331,13 @@ def _plot_rotation(result: dict):
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     v = result["values"]
     ax.plot(v, [100 * a for a in result["accuracy"]["rotation"]], marker="o", label="accuracy")
-    ax.plot(v, [100 * a for a in result["ink_lost"]["rotation"]], marker=".", color="C3",
-            label="ink carried out of the frame (mean)")  # fmt: skip
+    ax.plot(
+        v,
+        [100 * a for a in result["ink_lost"]["rotation"]],
+        marker=".",
+        color="C3",
+        label="ink carried out of the frame (mean)",
+    )
     ax.set_xlabel(f"rotation ({result['unit']}; + counter-clockwise)")
     ax.set_ylabel("% of test images / ink")
     ax.set_ylim(0, 100)

@@ -149,10 +149,15 @@ def _export_onnx(trained: TrainedModel, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     with _Quiet():
         program = torch.onnx.export(
-            _ConvReluPool(trained.model.eval()), (_example(),), dynamo=True, opset_version=OPSET,
-            input_names=["images"], output_names=["logits"],
-            dynamic_shapes=({0: batch},), verbose=False,
-        )  # fmt: skip
+            _ConvReluPool(trained.model.eval()),
+            (_example(),),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
     assert program is not None  # dynamo=True always returns the program
     program.save(str(path))
     _set_onnx_metadata(path, trained)
@@ -209,9 +214,14 @@ def _quantize_int8(fp32: Path, out: Path, trained: TrainedModel, images: torch.T
     with _Quiet():
         quant_pre_process(str(fp32), str(prepared))  # shape inference, graph optimization
         quantize_static(
-            str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-        )  # fmt: skip
+            str(prepared),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+        )
 
 
 def _onnx_logits(path: Path):

@@ -68,8 +68,13 @@ def load_idx(
     path = Path(path)
     try:
         with open_maybe_gzip(path) as f:
-            return read_idx(cast(BinaryIO, f), name=str(path), num_classes=num_classes,
-                            max_count=max_count, image_shape=image_shape)  # fmt: skip
+            return read_idx(
+                cast(BinaryIO, f),
+                name=str(path),
+                num_classes=num_classes,
+                max_count=max_count,
+                image_shape=image_shape,
+            )
     except FileNotFoundError:
         raise IdxError(f"{path}: no such file") from None
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
@@ -118,12 +123,15 @@ def read_idx(
             f"{name}: images are {dims[1]}x{dims[2]}, expected {image_shape[0]}x{image_shape[1]}"
         )
     if max_count is not None and dims[0] > max_count:
-        raise IdxError(f"{name}: header says {dims[0]:,} items; this file has at most "
-                       f"{max_count:,}")  # fmt: skip
+        raise IdxError(
+            f"{name}: header says {dims[0]:,} items; this file has at most {max_count:,}"
+        )
     expected = header.payload
     if expected > MAX_PAYLOAD:
-        raise IdxError(f"{name}: header says {header.describe()} = {expected:,} bytes of data, "
-                       f"more than the {MAX_PAYLOAD:,} an IDX file here may hold")  # fmt: skip
+        raise IdxError(
+            f"{name}: header says {header.describe()} = {expected:,} bytes of data, "
+            f"more than the {MAX_PAYLOAD:,} an IDX file here may hold"
+        )
     data = f.read(expected + 1)
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "has trailing bytes"

@@ -179,8 +179,7 @@ def frame_inside(labels: np.ndarray, comps: list[Component]) -> tuple | None:
             continue
         region = labels[t:b, left:r] == c.label
         k = max(1, min(bh, bw) // 16)  # frames in photos are not quite straight
-        edges = [region[:k].any(0), region[-k:].any(0), region[:, :k].any(1),
-                 region[:, -k:].any(1)]  # fmt: skip
+        edges = [region[:k].any(0), region[-k:].any(0), region[:, :k].any(1), region[:, -k:].any(1)]
         if np.mean(np.concatenate(edges)) < 0.85:
             continue
         holes = ndimage.binary_fill_holes(region) & ~region
@@ -190,7 +189,11 @@ def frame_inside(labels: np.ndarray, comps: list[Component]) -> tuple | None:
         inside = (t + rows[0], t + rows[-1] + 1, left + cols[0], left + cols[-1] + 1)
         if region.mean() > 0.5:  # a filled box: its holes are the digit; give it a margin
             m = max(1, (inside[1] - inside[0] + inside[3] - inside[2]) // 16)
-            inside = (max(inside[0] - m, t + k), min(inside[1] + m, b - k),
-                      max(inside[2] - m, left + k), min(inside[3] + m, r - k))  # fmt: skip
+            inside = (
+                max(inside[0] - m, t + k),
+                min(inside[1] + m, b - k),
+                max(inside[2] - m, left + k),
+                min(inside[3] + m, r - k),
+            )
         return inside
     return None

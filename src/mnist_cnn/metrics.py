@@ -33,17 +33,38 @@ class Metrics:
         # in multiprocess mode the figures go to files and a registry is made per scrape
         registry = None if self.shared else CollectorRegistry()
         self.registry = registry
-        self.requests = Counter("mnist_cnn_requests", "HTTP requests answered",
-                                ["route", "method", "status"], registry=registry)  # fmt: skip
-        self.latency = Histogram("mnist_cnn_request_duration_seconds",
-                                 "Time from the request's arrival to its answer", ["route"],
-                                 buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
-        self.batch_size = Histogram("mnist_cnn_batch_size", "Images per forward pass of the model",
-                                    buckets=BATCH_BUCKETS, registry=registry)  # fmt: skip
-        self.in_flight = Gauge("mnist_cnn_requests_in_flight", "Requests being answered now",
-                               registry=registry, multiprocess_mode="livesum")  # fmt: skip
-        info = Gauge("mnist_cnn_model_info", "The model being served (always 1)", list(model),
-                     registry=registry, multiprocess_mode="max")  # fmt: skip
+        self.requests = Counter(
+            "mnist_cnn_requests",
+            "HTTP requests answered",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "mnist_cnn_request_duration_seconds",
+            "Time from the request's arrival to its answer",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "mnist_cnn_batch_size",
+            "Images per forward pass of the model",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "mnist_cnn_requests_in_flight",
+            "Requests being answered now",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        info = Gauge(
+            "mnist_cnn_model_info",
+            "The model being served (always 1)",
+            list(model),
+            registry=registry,
+            multiprocess_mode="max",
+        )
         info.labels(**model).set(1)
 
     def exposition(self) -> tuple[bytes, str]:

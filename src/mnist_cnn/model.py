@@ -99,10 +99,13 @@ class CustomCNN(nn.Module):
             ("layer2", "Conv2d(32->64, 3x3) ReLU MaxPool(2)", self.layer2),
             ("layer3", "Conv2d(64->128, 3x3) ReLU MaxPool(2, pad 1)", self.layer3),
             ("flatten", "Flatten", nn.Flatten(1)),
-            ("layer4", f"Linear({self.fc1.in_features}->{self.hidden}) ReLU Dropout",
-             nn.Sequential(self.fc1, self.relu, self.dropout)),
+            (
+                "layer4",
+                f"Linear({self.fc1.in_features}->{self.hidden}) ReLU Dropout",
+                nn.Sequential(self.fc1, self.relu, self.dropout),
+            ),
             ("layer5", f"Linear({self.hidden}->{self.config.num_classes})", self.fc2),
-        ]  # fmt: skip
+        ]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -135,7 +138,7 @@ def summarize(model: CustomCNN) -> list[LayerSummary]:
                     tuple(x.shape[1:]),
                     tuple(y.shape[1:]),
                     count_parameters(module),
-                )  # fmt: skip
+                )
             )
             x = y
     model.train(was_training)

@@ -57,8 +57,9 @@ def read_evaluations(run_dir: str | Path) -> dict[str, dict]:
 def write_model_card(run_dir: str | Path) -> Path:
     """(Re)write <run>/README.md from the run's own files; returns its path."""
     run_dir = Path(run_dir)
-    text = model_card(read_config(run_dir), read_metrics(run_dir), read_evaluations(run_dir),
-                      run_dir.name)  # fmt: skip
+    text = model_card(
+        read_config(run_dir), read_metrics(run_dir), read_evaluations(run_dir), run_dir.name
+    )
     return atomic_write_text(run_dir / CARD_FILE, text)
 
 
@@ -87,16 +88,28 @@ def _metadata(config: dict, history: list[dict], name: str) -> dict[str, Any]:
         "pipeline_tag": "image-classification",
     }
     if history:
-        meta["model-index"] = [{
-            "name": name,
-            "results": [{
-                "task": {"type": "image-classification", "name": "Image Classification"},
-                "dataset": {"name": dataset, "type": HUB_DATASETS.get(dataset, dataset),
-                            "split": "test"},
-                "metrics": [{"type": "accuracy", "value": history[-1]["test_accuracy"],
-                             "name": f"test accuracy after epoch {history[-1]['epoch']}"}],
-            }],
-        }]  # fmt: skip
+        meta["model-index"] = [
+            {
+                "name": name,
+                "results": [
+                    {
+                        "task": {"type": "image-classification", "name": "Image Classification"},
+                        "dataset": {
+                            "name": dataset,
+                            "type": HUB_DATASETS.get(dataset, dataset),
+                            "split": "test",
+                        },
+                        "metrics": [
+                            {
+                                "type": "accuracy",
+                                "value": history[-1]["test_accuracy"],
+                                "name": f"test accuracy after epoch {history[-1]['epoch']}",
+                            }
+                        ],
+                    }
+                ],
+            }
+        ]
     return meta
 
 
@@ -145,10 +158,19 @@ def _training(config: dict, training: dict) -> str:
     data = config["data"]
     settings = ", ".join(
         f"{k} {training[k]}"
-        for k in ("epochs", "batch_size", "lr", "schedule", "label_smoothing", "augment",
-                  "dropout", "precision", "seed")
+        for k in (
+            "epochs",
+            "batch_size",
+            "lr",
+            "schedule",
+            "label_smoothing",
+            "augment",
+            "dropout",
+            "precision",
+            "seed",
+        )
         if k in training
-    )  # fmt: skip
+    )
     versions = ", ".join(f"{k} {v}" for k, v in config.get("versions", {}).items())
     return (
         "## Training\n\n"
@@ -164,37 +186,51 @@ def _results(config: dict, history: list[dict], evaluations: dict) -> str:
     planned = config.get("training", {}).get("epochs", len(history))
     if not history:
         return "## Results\n\nNo epoch has completed yet.\n"
-    lines = ["## Results\n", f"After {len(history)} of {planned} epochs:\n",
-             "| epoch | train loss | test loss | test accuracy |", "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "## Results\n",
+        f"After {len(history)} of {planned} epochs:\n",
+        "| epoch | train loss | test loss | test accuracy |",
+        "|---|---|---|---|",
+    ]
     for r in history:
-        lines.append(f"| {r['epoch']} | {r['train_loss']:.4f} | {r['test_loss']:.4f} | "
-                     f"{100 * r['test_accuracy']:.2f}% |")  # fmt: skip
+        lines.append(
+            f"| {r['epoch']} | {r['train_loss']:.4f} | {r['test_loss']:.4f} | "
+            f"{100 * r['test_accuracy']:.2f}% |"
+        )
     own = f"{config['data']['dataset']}/test"
     if own in evaluations:
         lines += ["", _per_class(evaluations[own], config["data"]["classes"], "test set")]
     others = [k for k in evaluations if k != own and k != "handwriting"]
     for key in others:
         e = evaluations[key]
-        lines.append(f"\n`mnist-cnn evaluate` on {key}: {100 * e['accuracy']:.2f}% of "
-                     f"{e['count']:,} images (loss {e['loss']:.4f}), "
-                     f"epoch {e.get('epoch')}.")  # fmt: skip
+        lines.append(
+            f"\n`mnist-cnn evaluate` on {key}: {100 * e['accuracy']:.2f}% of "
+            f"{e['count']:,} images (loss {e['loss']:.4f}), "
+            f"epoch {e.get('epoch')}."
+        )
     lines.append("\n### Real handwriting\n")
     if "handwriting" in evaluations:
         e = evaluations["handwriting"]
-        lines.append(f"{100 * e['accuracy']:.2f}% of {e['count']:,} photographed or scanned "
-                     f"handwritten digits (epoch {e.get('epoch')}).")  # fmt: skip
+        lines.append(
+            f"{100 * e['accuracy']:.2f}% of {e['count']:,} photographed or scanned "
+            f"handwritten digits (epoch {e.get('epoch')})."
+        )
     else:
-        lines.append("Not measured for this run: the accuracy above is on the dataset's own "
-                     "test images, which people's photos and drawings are not.")  # fmt: skip
+        lines.append(
+            "Not measured for this run: the accuracy above is on the dataset's own "
+            "test images, which people's photos and drawings are not."
+        )
     return "\n".join(lines) + "\n"
 
 
 def _per_class(e: dict, classes: list[str], what: str) -> str:
     confusion = e["confusion"]
-    lines = [f"Per class on the {what} (epoch {e.get('epoch')}, {e['count']:,} images, "
-             f"{100 * e['accuracy']:.2f}%):\n",
-             "| class | images | accuracy | most often mistaken for |",
-             "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"Per class on the {what} (epoch {e.get('epoch')}, {e['count']:,} images, "
+        f"{100 * e['accuracy']:.2f}%):\n",
+        "| class | images | accuracy | most often mistaken for |",
+        "|---|---|---|---|",
+    ]
     for i, name in enumerate(classes):
         row = confusion[i]
         wrong = sorted(((n, j) for j, n in enumerate(row) if j != i and n), reverse=True)[:2]

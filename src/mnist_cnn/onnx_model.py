@@ -52,8 +52,10 @@ class OnnxModel:
         except Exception as e:  # ORT's own exception types: wrong input shape, bad graph
             raise MnistCnnError(f"{self.path}: does not take 1 x 28 x 28 images ({e})") from None
         if out.shape != (1, len(self.classes)):
-            raise MnistCnnError(f"{self.path}: computes {out.shape[-1]} logits, but its metadata "
-                                f"names {len(self.classes)} classes")  # fmt: skip
+            raise MnistCnnError(
+                f"{self.path}: computes {out.shape[-1]} logits, but its metadata "
+                f"names {len(self.classes)} classes"
+            )
         if not np.isfinite(out).all():
             raise MnistCnnError(f"{self.path}: computes NaN or infinite logits (bad weights)")
 

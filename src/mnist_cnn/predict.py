@@ -13,8 +13,19 @@ import numpy as np
 from .errors import MnistCnnError
 from .preprocessing import DEFAULT_MAX_PIXELS, Preprocessed, load_image, to_mnist
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm",
-                  ".ppm", ".pbm"}  # fmt: skip
+IMAGE_SUFFIXES = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".pgm",
+    ".ppm",
+    ".pbm",
+}
 
 
 @dataclass
@@ -44,8 +55,9 @@ class Predictor:
         self.style = preprocessing_style(getattr(model, "dataset", "mnist"))  # as its data was made
 
     @classmethod
-    def from_run(cls, path: str | os.PathLike, device="cpu", threads: int | None = None,
-                 **kw) -> Predictor:  # fmt: skip
+    def from_run(
+        cls, path: str | os.PathLike, device="cpu", threads: int | None = None, **kw
+    ) -> Predictor:
         """A run directory or model.safetensors (PyTorch), or an exported .onnx (no torch).
 
         ``threads``: ONNX Runtime's intra-op threads, or PyTorch's (a process-wide setting).
@@ -158,8 +170,7 @@ class Predictor:
                 source = item.source
                 if hasattr(source, "detach") and hasattr(source, "numpy"):  # a torch tensor
                     source = source.detach().cpu().numpy()
-                gray, (w, h) = load_image_sized(source, max_pixels=self.max_pixels,
-                                                side=WORK_SIDE)  # fmt: skip
+                gray, (w, h) = load_image_sized(source, max_pixels=self.max_pixels, side=WORK_SIDE)
                 digits, pres, probs = read_number(
                     gray, self.probabilities, whole=partial(self.preprocess, source)
                 )
@@ -222,8 +233,9 @@ def expand_inputs(args: list[str], stdin=None) -> list[Item]:
             continue
         path = Path(arg)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file()
-                           and p.suffix.lower() in IMAGE_SUFFIXES)  # fmt: skip
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
             if not found:
                 items.append(Item(arg, None, error=f"{arg}: no images in this directory"))
             items += [Item(str(p), p) for p in found]

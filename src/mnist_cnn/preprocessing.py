@@ -156,10 +156,15 @@ def _pil_to_gray(img: Image.Image, max_pixels: int, side: int) -> tuple[np.ndarr
 
 
 ORIENTATION = 0x0112  # the EXIF tag, and how ImageOps.exif_transpose undoes each value
-TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-             4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-             6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-             8: Image.Transpose.ROTATE_90}  # fmt: skip
+TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def _array_to_gray(a: np.ndarray) -> np.ndarray:
@@ -304,8 +309,9 @@ def _background_is_light(gray: np.ndarray) -> bool:
     """Paper or canvas is what the border mostly shows; a light border means dark ink."""
     h, w = gray.shape
     b = max(1, min(h, w) // 20)
-    border = np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(),
-                             gray[:, -b:].ravel()])  # fmt: skip
+    border = np.concatenate(
+        [gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()]
+    )
     return _quantile(border, 50) > 0.5
 
 
@@ -332,10 +338,12 @@ def _background(x: np.ndarray, blocks: int = 8) -> np.ndarray:
     ys = np.linspace(0, h, blocks + 1).astype(int)
     xs = np.linspace(0, w, blocks + 1).astype(int)
     grid = np.array(
-        [[_quantile(x[y0:y1, x0:x1], 20) for x0, x1 in zip(xs[:-1], xs[1:], strict=True)]
-         for y0, y1 in zip(ys[:-1], ys[1:], strict=True)],
+        [
+            [_quantile(x[y0:y1, x0:x1], 20) for x0, x1 in zip(xs[:-1], xs[1:], strict=True)]
+            for y0, y1 in zip(ys[:-1], ys[1:], strict=True)
+        ],
         dtype=np.float32,
-    )  # fmt: skip
+    )
     smooth = Image.fromarray(grid, mode="F").resize((w, h), Image.Resampling.BILINEAR)
     return np.asarray(smooth, dtype=np.float32)
 

@@ -65,8 +65,12 @@ def write_report(
     accuracy = float((pred == labels).mean())
     page = _html(title, subtitle, accuracy, len(labels), scores, classes, calib, pngs)
     path = atomic_write_text(out / "report.html", page)
-    summary = {"accuracy": accuracy, "ece": calib["ece"], "count": len(labels),
-               **{k: v.tolist() for k, v in scores.items()}}  # fmt: skip
+    summary = {
+        "accuracy": accuracy,
+        "ece": calib["ece"],
+        "count": len(labels),
+        **{k: v.tolist() for k, v in scores.items()},
+    }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return path
 
@@ -109,11 +113,11 @@ def _plot_curves(history: list[dict]):
         left.plot(epochs, [r["val_loss"] for r in history], "^-", label="validation loss")
     left.set(xlabel="epoch", ylabel="cross-entropy", title="Loss", yscale="log")
     left.legend()
-    right.plot(epochs, [100 * r["test_accuracy"] for r in history], "s-", color="C1",
-               label="test")  # fmt: skip
+    right.plot(epochs, [100 * r["test_accuracy"] for r in history], "s-", color="C1", label="test")
     if "val_accuracy" in history[0]:
-        right.plot(epochs, [100 * r["val_accuracy"] for r in history], "^-", color="C2",
-                   label="validation")  # fmt: skip
+        right.plot(
+            epochs, [100 * r["val_accuracy"] for r in history], "^-", color="C2", label="validation"
+        )
     right.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     right.legend()
     for ax in (left, right):
@@ -134,8 +138,15 @@ def _plot_confusion(confusion: np.ndarray, classes: list[str]):
         for j in range(n):
             if confusion[i, j]:
                 bright = confusion[i, j] > np.sqrt(max(confusion.max(), 1))
-                ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=8,
-                        color="black" if bright else "white")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    str(confusion[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="black" if bright else "white",
+                )
     ax.set_xticks(range(n), classes, rotation=45 if max(map(len, classes)) > 2 else 0)
     ax.set_yticks(range(n), classes)
     ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (log colour scale)")
@@ -177,8 +188,11 @@ def _plot_mistakes(images, labels, probs, classes, count: int = 24):
         axes[0, 0].text(0, 0.5, "no mistakes", fontsize=12)
     for ax, i in zip(axes.ravel(), wrong, strict=False):
         ax.imshow(images[i], cmap="gray", vmin=0, vmax=255 if images.dtype == np.uint8 else 1)
-        ax.set_title(f"true {classes[labels[i]]}\npred {classes[pred[i]]} "
-                     f"{100 * probs[i, pred[i]]:.0f}%", fontsize=8, color="#b00020")  # fmt: skip
+        ax.set_title(
+            f"true {classes[labels[i]]}\npred {classes[pred[i]]} {100 * probs[i, pred[i]]:.0f}%",
+            fontsize=8,
+            color="#b00020",
+        )
     fig.suptitle("Most confident mistakes", y=1.0)
     fig.tight_layout()
     return fig
@@ -190,11 +204,18 @@ def _plot_reliability(calib: dict):
     edges, count = calib["edges"], calib["count"]
     centers = (edges[:-1] + edges[1:]) / 2
     width = edges[1] - edges[0]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.6, 5.6), sharex=True,
-                                      gridspec_kw={"height_ratios": [3, 1]})  # fmt: skip
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(5.6, 5.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
     used = count > 0
-    top.bar(centers[used], calib["accuracy"][used], width=width * 0.9, label="accuracy",
-            edgecolor="black", alpha=0.8)  # fmt: skip
+    top.bar(
+        centers[used],
+        calib["accuracy"][used],
+        width=width * 0.9,
+        label="accuracy",
+        edgecolor="black",
+        alpha=0.8,
+    )
     top.plot([0, 1], [0, 1], "--", color="gray", label="perfectly calibrated")
     top.set(ylabel="accuracy", title=f"Reliability diagram (ECE {100 * calib['ece']:.2f}%)")
     top.legend(loc="upper left")

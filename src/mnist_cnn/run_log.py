@@ -36,16 +36,27 @@ class RunLog:
         self.last_epoch = record["epoch"]
         write_model_card(self.run_dir)
 
-    def finish(self, model: CustomCNN, test: tuple[torch.Tensor, torch.Tensor], info: DatasetInfo,
-               batch_size: int) -> None:  # fmt: skip
+    def finish(
+        self,
+        model: CustomCNN,
+        test: tuple[torch.Tensor, torch.Tensor],
+        info: DatasetInfo,
+        batch_size: int,
+    ) -> None:
         """After the last epoch trained here: the test set's confusion matrix and per-class
         accuracy into evaluation.json, TensorBoard and the card."""
         if not self.last_epoch:
             return  # nothing was trained: what is there is up to date
         from .evaluation import evaluate
 
-        result = evaluate(model, *test, mean=info.mean, std=info.std,
-                          num_classes=info.num_classes, batch_size=batch_size)  # fmt: skip
+        result = evaluate(
+            model,
+            *test,
+            mean=info.mean,
+            std=info.std,
+            num_classes=info.num_classes,
+            batch_size=batch_size,
+        )
         record_evaluation(self.run_dir, f"{info.name}/test", result.to_dict(), self.last_epoch)
         if self.board is not None:
             self.board.confusion(result.confusion, list(info.classes), self.last_epoch)

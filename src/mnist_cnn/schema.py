@@ -108,8 +108,15 @@ def _kinds(hint) -> tuple:
 
 
 def _kind_name(kinds: tuple) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-             dict: "an object", list: "a list", type(None): "null"}  # fmt: skip
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        dict: "an object",
+        list: "a list",
+        type(None): "null",
+    }
     return " or ".join(names.get(k, getattr(k, "__name__", str(k))) for k in kinds)
 
 
@@ -179,15 +186,26 @@ def check_model_args(args, source, num_classes: int | None = None):
     values = typed_fields(ModelConfig, args, source, "model.args.")
     p = "model.args."
     if values["in_channels"] != IN_CHANNELS:
-        fail(source, p + "in_channels", f"{describe(values['in_channels'])}: models here take "
-             f"{IN_CHANNELS} (grayscale) channel")  # fmt: skip
+        fail(
+            source,
+            p + "in_channels",
+            f"{describe(values['in_channels'])}: models here take "
+            f"{IN_CHANNELS} (grayscale) channel",
+        )
     if values["image_size"] != IMAGE_SIZE:
-        fail(source, p + "image_size", f"{describe(values['image_size'])}: models here take "
-             f"{IMAGE_SIZE} x {IMAGE_SIZE} images")  # fmt: skip
+        fail(
+            source,
+            p + "image_size",
+            f"{describe(values['image_size'])}: models here take "
+            f"{IMAGE_SIZE} x {IMAGE_SIZE} images",
+        )
     in_range(values["num_classes"], 2, MAX_CLASSES, source, p + "num_classes")
     if num_classes is not None and values["num_classes"] != num_classes:
-        fail(source, p + "num_classes", f"{values['num_classes']}, but data.classes names "
-             f"{num_classes} classes")  # fmt: skip
+        fail(
+            source,
+            p + "num_classes",
+            f"{values['num_classes']}, but data.classes names {num_classes} classes",
+        )
     in_range(values["dropout"], 0.0, 1.0, source, p + "dropout", closed_high=False)
     return ModelConfig(**values)
 
@@ -208,8 +226,11 @@ def check_data(data, source) -> DataSpec:
 
 def check_classes(classes, source, name: str) -> tuple[str, ...]:
     if not isinstance(classes, list) or not 2 <= len(classes) <= MAX_CLASSES:
-        fail(source, name, f"expected a list of 2..{MAX_CLASSES} class names, found "
-             f"{describe(classes)}")  # fmt: skip
+        fail(
+            source,
+            name,
+            f"expected a list of 2..{MAX_CLASSES} class names, found {describe(classes)}",
+        )
     for i, c in enumerate(classes):
         if not isinstance(c, str) or not 0 < len(c) <= MAX_NAME:
             fail(source, f"{name}[{i}]", f"expected a class name, found {describe(c)}")
@@ -226,10 +247,14 @@ def check_run_config(config, source) -> tuple[typing.Any, DataSpec]:
     data = check_data(field(config, "data", dict, source), source)
     found = field(model, "architecture", str, source, "model.")
     if found != ARCHITECTURE:
-        fail(source, "model.architecture", f"checkpoint is for architecture {describe(found)}, "
-             f"not {ARCHITECTURE}")  # fmt: skip
-    args = check_model_args(field(model, "args", dict, source, "model.", default={}), source,
-                            len(data.classes))  # fmt: skip
+        fail(
+            source,
+            "model.architecture",
+            f"checkpoint is for architecture {describe(found)}, not {ARCHITECTURE}",
+        )
+    args = check_model_args(
+        field(model, "args", dict, source, "model.", default={}), source, len(data.classes)
+    )
     epochs = field(config, "epochs_completed", int, source, default=0)
     in_range(epochs, 0, MAX_METRICS_LINES, source, "epochs_completed")
     metrics = field(config, "metrics", dict, source, default={})
@@ -326,8 +351,9 @@ def check_onnx_metadata(meta: dict[str, str], source) -> OnnxMetadata:
         fail(source, "", f"not exported by mnist-cnn (no {', '.join(missing)} metadata)")
     if len(meta.get("classes", "")) > MAX_CONFIG_BYTES:
         fail(source, "metadata classes", "too long")
-    classes = check_classes(parse_json(meta["classes"], source, "metadata classes"), source,
-                            "metadata classes")  # fmt: skip
+    classes = check_classes(
+        parse_json(meta["classes"], source, "metadata classes"), source, "metadata classes"
+    )
     numbers = {}
     for key in ("mean", "std"):
         try:
@@ -358,8 +384,12 @@ def same_structure(saved, fresh, source, name: str) -> None:
         if not isinstance(saved, torch.Tensor):
             fail(source, name, f"expected a tensor, found {type(saved).__name__}")
         if saved.shape != fresh.shape or saved.dtype != fresh.dtype:
-            fail(source, name, f"a {saved.dtype} tensor of shape {tuple(saved.shape)}, expected "
-                 f"{fresh.dtype} {tuple(fresh.shape)}")  # fmt: skip
+            fail(
+                source,
+                name,
+                f"a {saved.dtype} tensor of shape {tuple(saved.shape)}, expected "
+                f"{fresh.dtype} {tuple(fresh.shape)}",
+            )
         if saved.is_floating_point() and not bool(torch.isfinite(saved).all()):
             fail(source, name, "holds NaN or infinite values")
     elif isinstance(fresh, dict):
@@ -370,8 +400,11 @@ def same_structure(saved, fresh, source, name: str) -> None:
             same_structure(saved[key], fresh[key], source, f"{name}.{key}")
     elif isinstance(fresh, (list, tuple)):
         if type(saved) is not type(fresh) or len(saved) != len(fresh):
-            fail(source, name, f"expected a {type(fresh).__name__} of {len(fresh)}, found "
-                 f"{describe(saved)}")  # fmt: skip
+            fail(
+                source,
+                name,
+                f"expected a {type(fresh).__name__} of {len(fresh)}, found {describe(saved)}",
+            )
         for i, (a, b) in enumerate(zip(saved, fresh, strict=True)):
             same_structure(a, b, source, f"{name}[{i}]")
     elif isinstance(fresh, (bool, int, float, str)) or fresh is None:

@@ -109,9 +109,14 @@ class Part:
         return self.x1 - self.x0
 
     def join(self, other: Part) -> Part:
-        return Part(min(self.x0, other.x0), min(self.y0, other.y0), max(self.x1, other.x1),
-                    max(self.y1, other.y1), self.mass + other.mass,
-                    self.labels + other.labels)  # fmt: skip
+        return Part(
+            min(self.x0, other.x0),
+            min(self.y0, other.y0),
+            max(self.x1, other.x1),
+            max(self.y1, other.y1),
+            self.mass + other.mass,
+            self.labels + other.labels,
+        )
 
     def overlap(self, other: Part) -> int:
         """Columns both cover."""
@@ -129,8 +134,12 @@ def parts(ink: np.ndarray, labels: np.ndarray, count: int) -> list[Part]:
     np.maximum.at(hi_x, lab, xs)
     np.maximum.at(hi_y, lab, ys)
     mass = np.bincount(lab, weights=ink[ys, xs], minlength=count)
-    return [Part(int(lo_x[i]), int(lo_y[i]), int(hi_x[i]) + 1, int(hi_y[i]) + 1,
-                 float(mass[i]), (i + 1,)) for i in range(count)]  # fmt: skip
+    return [
+        Part(
+            int(lo_x[i]), int(lo_y[i]), int(hi_x[i]) + 1, int(hi_y[i]) + 1, float(mass[i]), (i + 1,)
+        )
+        for i in range(count)
+    ]
 
 
 # ---- the ink, and its pieces grouped into digits ----------------------------------------------
@@ -263,8 +272,9 @@ def _own(page: Page, part: Part) -> np.ndarray:
     return np.isin(page.labels[part.y0 : part.y1, part.x0 : part.x1], part.labels)
 
 
-def split_wide(page: Page, part: Part, classify: Classify, typical: float, line: float,
-               depth: int = 0) -> list[Part]:  # fmt: skip
+def split_wide(
+    page: Page, part: Part, classify: Classify, typical: float, line: float, depth: int = 0
+) -> list[Part]:
     """``part`` cut at valleys of its column profile, recursively, while it is wider than
     ``typical`` digits and the classifier reads the two halves better than the whole.
     ``line``: the height of the number's digits."""
@@ -280,8 +290,9 @@ def split_wide(page: Page, part: Part, classify: Classify, typical: float, line:
     if both[best] <= p[0] + KEEP_WHOLE:
         return [part]  # one digit, as wide as some are
     left, right = halves[best]
-    return (split_wide(page, left, classify, typical, line, depth + 1)
-            + split_wide(page, right, classify, typical, line, depth + 1))  # fmt: skip
+    return split_wide(page, left, classify, typical, line, depth + 1) + split_wide(
+        page, right, classify, typical, line, depth + 1
+    )
 
 
 def _narrowed(page: Page, part: Part, x0: int, x1: int) -> Part:
@@ -323,16 +334,30 @@ def read_number(gray: np.ndarray, classify: Classify, whole=None):
     return digits, pres, classify(np.stack([p.image for p in pres]))
 
 
-def number_record(name: str | None, digits: list[Digit], probs: np.ndarray,
-                  classes: list[str], scale: tuple[float, float] = (1.0, 1.0)) -> dict:  # fmt: skip
+def number_record(
+    name: str | None,
+    digits: list[Digit],
+    probs: np.ndarray,
+    classes: list[str],
+    scale: tuple[float, float] = (1.0, 1.0),
+) -> dict:
     """``{"file", "number", "digits": [{"label", "probability", "box"}], "probability"}``;
     ``scale``: (x, y) from the pixels the digits were found in to the image's own."""
     labels = probs.argmax(axis=1)
     sx, sy = scale
-    found = [{"label": int(k), "probability": float(p[k]),
-              "box": [round(d.box[0] * sx), round(d.box[1] * sy),
-                      round(d.box[2] * sx), round(d.box[3] * sy)]}
-             for k, p, d in zip(labels, probs, digits, strict=True)]  # fmt: skip
+    found = [
+        {
+            "label": int(k),
+            "probability": float(p[k]),
+            "box": [
+                round(d.box[0] * sx),
+                round(d.box[1] * sy),
+                round(d.box[2] * sx),
+                round(d.box[3] * sy),
+            ],
+        }
+        for k, p, d in zip(labels, probs, digits, strict=True)
+    ]
     return {
         "file": name,
         "number": "".join(classes[k] for k in labels),

@@ -144,13 +144,25 @@ def model_info(predictor) -> ModelInfo:
         accuracy = _float_or_none(metrics.get("test_accuracy"))
         parameters = count_parameters(model.model)
         architecture, runtime = model.config["model"]["architecture"], "pytorch"
-    return ModelInfo(architecture, model.dataset, list(model.classes), accuracy, parameters,
-                     runtime, float(model.mean), float(model.std))  # fmt: skip
+    return ModelInfo(
+        architecture,
+        model.dataset,
+        list(model.classes),
+        accuracy,
+        parameters,
+        runtime,
+        float(model.mean),
+        float(model.std),
+    )
 
 
 def _model_labels(info: ModelInfo) -> dict[str, str]:
-    return {"architecture": info.architecture, "dataset": info.dataset, "runtime": info.runtime,
-            "classes": str(len(info.classes))}  # fmt: skip
+    return {
+        "architecture": info.architecture,
+        "dataset": info.dataset,
+        "runtime": info.runtime,
+        "classes": str(len(info.classes)),
+    }
 
 
 def _float_or_none(value) -> float | None:
@@ -163,8 +175,13 @@ def _float_or_none(value) -> float | None:
 class Batcher:
     """Runs queued single images through the model together, one forward pass per batch."""
 
-    def __init__(self, predictor, max_batch: int = DEFAULT_MAX_BATCH,
-                 wait: float = DEFAULT_BATCH_WAIT, on_batch=lambda size: None):  # fmt: skip
+    def __init__(
+        self,
+        predictor,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        wait: float = DEFAULT_BATCH_WAIT,
+        on_batch=lambda size: None,
+    ):
         self.predictor, self.max_batch, self.wait = predictor, max_batch, wait
         self.on_batch = on_batch  # told each batch's size
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -287,10 +304,16 @@ def parse_pixels(payload) -> np.ndarray:
     return (a / 255.0).astype(np.float32)
 
 
-def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
-               max_pixels: int = DEFAULT_MAX_PIXELS, batch_wait: float = DEFAULT_BATCH_WAIT,
-               max_batch: int = DEFAULT_MAX_BATCH, preprocess_threads: int = 2,
-               allowed_hosts: list[str] | None = None):  # fmt: skip
+def create_app(
+    predictor,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    batch_wait: float = DEFAULT_BATCH_WAIT,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    preprocess_threads: int = 2,
+    allowed_hosts: list[str] | None = None,
+):
     """The FastAPI application serving ``predictor`` (a :class:`~mnist_cnn.Predictor`).
 
     ``allowed_hosts``: the names the Host header may carry (``*.example.org`` for a domain's
@@ -298,8 +321,9 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
     """
     info = model_info(predictor)
     metrics = Metrics(_model_labels(info))
-    batcher = Batcher(predictor, max_batch=max_batch, wait=batch_wait,
-                      on_batch=metrics.batch_size.observe)  # fmt: skip
+    batcher = Batcher(
+        predictor, max_batch=max_batch, wait=batch_wait, on_batch=metrics.batch_size.observe
+    )
     workers = ThreadPoolExecutor(preprocess_threads, thread_name_prefix="preprocess")
     static = resources.files("mnist_cnn") / "static"
 
@@ -344,8 +368,11 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc: StarletteHTTPException):
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))  # fmt: skip
+        return JSONResponse(
+            {"error": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page():
@@ -370,8 +397,12 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
 
     @app.api_route("/v1/model", methods=["GET", "HEAD"])
     async def model() -> dict:
-        return {**info.__dict__, "max_body_bytes": max_body, "max_pixels": max_pixels,
-                "features": features}  # fmt: skip
+        return {
+            **info.__dict__,
+            "max_body_bytes": max_body,
+            "max_pixels": max_pixels,
+            "features": features,
+        }
 
     @app.post("/v1/features", openapi_extra=PREDICT_BODY)
     async def feature_maps(request: Request, as_drawn: bool = AS_DRAWN):
@@ -471,8 +502,7 @@ def create_app(predictor, *, max_body: int = DEFAULT_MAX_BODY,
             if decoded:
                 return upload.filename, await offload(_decode, img, max_pixels, small=small), small
             # decoded and preprocessed in one go: a queued large upload holds only its bytes
-            pre = await offload(_decode_and_preprocess, img, max_pixels, style,
-                                small=small)  # fmt: skip
+            pre = await offload(_decode_and_preprocess, img, max_pixels, style, small=small)
             return upload.filename, pre
         if kind == "application/json" or kind.endswith("+json"):
             body = await request.body()
@@ -502,8 +532,9 @@ async def _read_form(request: Request, max_body: int):
     from starlette.formparsers import MultiPartException, MultiPartParser
 
     async with aclosing(request.stream()) as stream:
-        parser = MultiPartParser(request.headers, stream, max_files=1, max_fields=10,
-                                 max_part_size=max_body)  # fmt: skip
+        parser = MultiPartParser(
+            request.headers, stream, max_files=1, max_fields=10, max_part_size=max_body
+        )
         parser.spool_max_size = max_body + 1  # never rolls over to a file on disk
         try:
             return await parser.parse()
@@ -576,8 +607,13 @@ class Guard:
     reset instead of the 413.
     """
 
-    def __init__(self, app, max_body: int, allowed_hosts: list[str] | None = None,
-                 metrics: Metrics | None = None):  # fmt: skip
+    def __init__(
+        self,
+        app,
+        max_body: int,
+        allowed_hosts: list[str] | None = None,
+        metrics: Metrics | None = None,
+    ):
         self.app, self.max_body, self.metrics = app, max_body, metrics
         hosts = [_host_name(h) for h in allowed_hosts or ["*"]]
         self.allowed_hosts = None if "*" in hosts else hosts
@@ -611,8 +647,7 @@ class Guard:
         async def refuse(drain: bool):
             if drain:  # what the client is still sending, so that it reads the answer
                 await _drain(scope, receive)
-            await _send_json(send_and_note, 413, {"error": f"the body is over {limit}"},
-                             close=True)  # fmt: skip
+            await _send_json(send_and_note, 413, {"error": f"the body is over {limit}"}, close=True)
             status["refused"] = True
 
         try:
@@ -640,8 +675,14 @@ class Guard:
             host = _header(scope, b"host") or ""
             if not self._allowed(host):
                 scope["state"]["result"] = f"Host {_printable(host)} refused"
-                await _send_json(send_and_note, 400, {"error": f"the Host header ({host[:100]}) "
-                                 "is not one this service answers (--allowed-hosts)"})  # fmt: skip
+                await _send_json(
+                    send_and_note,
+                    400,
+                    {
+                        "error": f"the Host header ({host[:100]}) "
+                        "is not one this service answers (--allowed-hosts)"
+                    },
+                )
             elif length > self.max_body:
                 await refuse(drain=length <= DRAIN_BYTES)
             else:
@@ -661,15 +702,23 @@ class Guard:
         if self.allowed_hosts is None:
             return True
         name = _host_name(host)
-        return any(name == a or (a.startswith("*.") and name.endswith(a[1:]))
-                   for a in self.allowed_hosts)  # fmt: skip
+        return any(
+            name == a or (a.startswith("*.") and name.endswith(a[1:])) for a in self.allowed_hosts
+        )
 
     def _record(self, scope, code: int, seconds: float) -> None:
         """The request's log line (its path escaped: it is the client's text) and metrics."""
         client = scope.get("client") or ("-", 0)
         result = scope["state"].get("result", "")
-        log.info('%s "%s %s" %d %.1f ms %s', client[0], scope.get("method"),
-                 _printable(scope.get("path")), code, seconds * 1000, result)  # fmt: skip
+        log.info(
+            '%s "%s %s" %d %.1f ms %s',
+            client[0],
+            scope.get("method"),
+            _printable(scope.get("path")),
+            code,
+            seconds * 1000,
+            result,
+        )
         if self.metrics:
             route = getattr(scope.get("route"), "path", None) or "other"  # bounded label values
             method = scope.get("method", "")
@@ -754,17 +803,32 @@ def app_from_environment():
     """The app factory each worker process of ``serve(..., workers=N)`` calls."""
     _configure_logging()  # a fresh process: the parent's logging setup is not inherited
     spec = json.loads(os.environ[_SPEC])
-    predictor = serve_model.load(spec["run"], device=spec["device"], threads=spec["threads"],
-                                 runtime=spec["runtime"], onnx=spec["onnx"])  # fmt: skip
+    predictor = serve_model.load(
+        spec["run"],
+        device=spec["device"],
+        threads=spec["threads"],
+        runtime=spec["runtime"],
+        onnx=spec["onnx"],
+    )
     return create_app(predictor, **spec["options"])
 
 
-def serve(run: str, *, host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
-          device: str = "cpu", threads: int | None = None, runtime: str = "auto",
-          allowed_hosts: list[str] | None = None, max_connections: int | None = None,
-          max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-          header_timeout: float = DEFAULT_HEADER_TIMEOUT,
-          body_timeout: float = DEFAULT_BODY_TIMEOUT, **options) -> None:  # fmt: skip
+def serve(
+    run: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    runtime: str = "auto",
+    allowed_hosts: list[str] | None = None,
+    max_connections: int | None = None,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    **options,
+) -> None:
     """Serve ``run`` until interrupted (Ctrl-C or SIGTERM).
 
     ``workers`` processes (default: one per core, or one on a GPU) share the listening socket,
@@ -787,16 +851,30 @@ def serve(run: str, *, host: str = "127.0.0.1", port: int = 8000, workers: int |
     if allowed_hosts is None:
         allowed_hosts = list(LOOPBACK_HOSTS) if _is_loopback(host) else ["*"]
     options["allowed_hosts"] = allowed_hosts
-    limits = Limits(max_connections or default_max_connections(), max_header_bytes,
-                    header_timeout, body_timeout)  # fmt: skip
+    limits = Limits(
+        max_connections or default_max_connections(), max_header_bytes, header_timeout, body_timeout
+    )
     sock = bind(host, port)
     shown = f"[{host}]" if ":" in host else host
-    log.info("serving %s (%s, %d worker%s) on http://%s:%d  (API docs: /docs)", info.dataset,
-             info.runtime, workers, "s" * (workers > 1), shown, sock.getsockname()[1])  # fmt: skip
-    log.info("limits: %d connections, %g MB bodies, %d KB headers, %gs header and %gs body "
-             "timeouts; Host: %s", limits.max_connections, options.get("max_body", DEFAULT_MAX_BODY)
-             / 1024 / 1024, max_header_bytes // 1024, header_timeout, body_timeout,
-             " ".join(allowed_hosts))  # fmt: skip
+    log.info(
+        "serving %s (%s, %d worker%s) on http://%s:%d  (API docs: /docs)",
+        info.dataset,
+        info.runtime,
+        workers,
+        "s" * (workers > 1),
+        shown,
+        sock.getsockname()[1],
+    )
+    log.info(
+        "limits: %d connections, %g MB bodies, %d KB headers, %gs header and %gs body "
+        "timeouts; Host: %s",
+        limits.max_connections,
+        options.get("max_body", DEFAULT_MAX_BODY) / 1024 / 1024,
+        max_header_bytes // 1024,
+        header_timeout,
+        body_timeout,
+        " ".join(allowed_hosts),
+    )
     if not _is_loopback(host):
         log.warning("listening on %s: other machines can reach this service", host)
     quiet: dict[str, Any] = dict(log_level="warning", access_log=False, timeout_graceful_shutdown=5)
@@ -817,11 +895,24 @@ def serve(run: str, *, host: str = "127.0.0.1", port: int = 8000, workers: int |
         os.environ[MULTIPROCESS_DIR] = os.path.join(shared, "metrics")  # shared /metrics
         os.mkdir(os.environ[MULTIPROCESS_DIR])
         del predictor
-        os.environ[_SPEC] = json.dumps({"run": str(run), "device": str(device),
-                                        "threads": threads, "runtime": runtime, "onnx": onnx,
-                                        "options": options})  # fmt: skip
-        config = ServiceConfig("mnist_cnn.serve:app_from_environment", limits=limits,
-                               factory=True, workers=workers, lifespan="on", **quiet)  # fmt: skip
+        os.environ[_SPEC] = json.dumps(
+            {
+                "run": str(run),
+                "device": str(device),
+                "threads": threads,
+                "runtime": runtime,
+                "onnx": onnx,
+                "options": options,
+            }
+        )
+        config = ServiceConfig(
+            "mnist_cnn.serve:app_from_environment",
+            limits=limits,
+            factory=True,
+            workers=workers,
+            lifespan="on",
+            **quiet,
+        )
         Multiprocess(config, sockets=[sock]).run()
 
 

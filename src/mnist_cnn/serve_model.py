@@ -37,8 +37,14 @@ def torch_model(predictor: Predictor):
     return getattr(model, "trained", None) or (None if hasattr(model, "session") else model)
 
 
-def load(run: str, *, device: str = "cpu", threads: int | None = None, runtime: str = "auto",
-         onnx: str | None = None) -> Predictor:  # fmt: skip
+def load(
+    run: str,
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    runtime: str = "auto",
+    onnx: str | None = None,
+) -> Predictor:
     """``run`` as the service runs it, checked (:func:`check`).
 
     ``runtime`` "auto" runs a run directory on ONNX Runtime when it is installed (with the
@@ -59,8 +65,9 @@ def load(run: str, *, device: str = "cpu", threads: int | None = None, runtime: 
         return Predictor(ExportedRun(onnx, predictor.model, threads))
     why_not = _why_not_onnxruntime(device) if runtime != "pytorch" else "asked for"
     if why_not is None:
-        return check(Predictor(ExportedRun(export_checked(predictor.model), predictor.model,
-                                           threads)))  # fmt: skip
+        return check(
+            Predictor(ExportedRun(export_checked(predictor.model), predictor.model, threads))
+        )
     if runtime == "onnxruntime":
         raise MnistCnnError(f"--runtime onnxruntime: {why_not}")
     log.info("serving on PyTorch (%s)", why_not)

@@ -99,8 +99,9 @@ def ink_crop(digit: np.ndarray) -> np.ndarray:
 Box = tuple[int, int, int, int]
 
 
-def compose_number(inks: list[np.ndarray], rng: np.random.Generator, height: int = 40,
-                   touching: bool = False) -> tuple[np.ndarray, list[Box]]:  # fmt: skip
+def compose_number(
+    inks: list[np.ndarray], rng: np.random.Generator, height: int = 40, touching: bool = False
+) -> tuple[np.ndarray, list[Box]]:
     """Digits (ink crops, bright on black) written on one line, as people write numbers:
     (canvas (H, W) float32 ink 0..1, each digit's box (x0, y0, x1, y1), x1 and y1 exclusive).
 

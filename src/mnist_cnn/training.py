@@ -34,7 +34,7 @@ from .checkpoint import (
     restore_state,
     write_checkpoint,
 )
-from .datasets import Dataset, load_dataset
+from .datasets import Dataset
 from .device import (
     DEVICES,
     configure_determinism,
@@ -42,6 +42,7 @@ from .device import (
     seed_everything,
     select_device,
 )
+from .download import load_dataset
 from .errors import MnistCnnError
 from .evaluation import evaluate
 from .files import atomic_write_json, remove_stale_temp_files
@@ -110,8 +111,9 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise MnistCnnError(f"--{name} must be one of {', '.join(allowed)}")
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
-            raise MnistCnnError("--tensorboard needs the tensorboard package: "
-                                "pip install 'mnist-cnn[tensorboard]'")  # fmt: skip
+            raise MnistCnnError(
+                "--tensorboard needs the tensorboard package: pip install 'mnist-cnn[tensorboard]'"
+            )
 
     @classmethod
     def from_dict(cls, d: dict, source="config.json") -> TrainConfig:
@@ -334,8 +336,10 @@ def _train(config, resume, saved, device, ranks, log, progress, lock) -> TrainRe
     )
     if ranks is not None:
         per = config.batch_size // ranks.world_size
-        log(f"distributed: {ranks.world_size} processes ({ranks.backend}), a global batch of "
-            f"{config.batch_size} = {per} images per process per step")  # fmt: skip
+        log(
+            f"distributed: {ranks.world_size} processes ({ranks.backend}), a global batch of "
+            f"{config.batch_size} = {per} images per process per step"
+        )
     precision, why = resolve_precision(config.precision, device)
     log(f"precision: {precision} ({why}); weights, evaluation and checkpoints in fp32")
     if len(history) >= config.epochs:
@@ -351,8 +355,9 @@ def _train(config, resume, saved, device, ranks, log, progress, lock) -> TrainRe
         step_model = torch.compile(step_model)  # shares the weights
     run_log = RunLog(run_dir, tensorboard=config.tensorboard, first_epoch=len(history) + 1)
     for epoch in range(len(history), config.epochs):
-        record = _train_epoch(step_model, optimizer, scheduler, splits, config, epoch, progress,
-                              ranks, eager_model)  # fmt: skip
+        record = _train_epoch(
+            step_model, optimizer, scheduler, splits, config, epoch, progress, ranks, eager_model
+        )
         record.update(_eval_record(model, splits, data, config, ranks))
         history.append(record)
         state = {
@@ -365,8 +370,15 @@ def _train(config, resume, saved, device, ranks, log, progress, lock) -> TrainRe
         if ranks is not None:  # every rank's random state, so a resumed run goes on as each was
             state["rng_ranks"] = distributed.gather(state["rng"])
         run_config = _run_config(config, data, splits, model, device, history, started)
-        _on_writer(ranks, write_checkpoint, run_dir, config=run_config, history=history,
-                   model=model, state=state)  # fmt: skip
+        _on_writer(
+            ranks,
+            write_checkpoint,
+            run_dir,
+            config=run_config,
+            history=history,
+            model=model,
+            state=state,
+        )
         _on_writer(ranks, run_log.epoch, record, model, optimizer.param_groups[0]["lr"])
         log(format_epoch(record, config.epochs))
     _on_writer(ranks, run_log.finish, model, splits.test, data.info, config.eval_batch_size)
@@ -473,9 +485,12 @@ def _train_epoch(
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     steps = math.ceil(n / bs)
     bar = tqdm(
-        total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
-        disable=not progress, leave=False,
-    )  # fmt: skip
+        total=steps,
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        unit="batch",
+        disable=not progress,
+        leave=False,
+    )
     start = time.perf_counter()
     for step in range(steps):
         idx = order[step * bs : (step + 1) * bs]
@@ -492,8 +507,12 @@ def _train_epoch(
                 logits.float(), splits.train_y[idx], label_smoothing=config.label_smoothing
             )
         else:  # DDP averages over ranks: scaled so the average is the global batch's mean
-            loss = F.cross_entropy(logits.float(), splits.train_y[idx], reduction="sum",
-                                   label_smoothing=config.label_smoothing)  # fmt: skip
+            loss = F.cross_entropy(
+                logits.float(),
+                splits.train_y[idx],
+                reduction="sum",
+                label_smoothing=config.label_smoothing,
+            )
             loss = loss * (ranks.world_size / size)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -528,18 +547,31 @@ def _eval_record(model, splits: _Splits, data: Dataset, config: TrainConfig, ran
         if ranks is not None:
             rows = ranks.shard(torch.arange(len(images), device=images.device))
             images, labels = images[rows], labels[rows]
-        result = evaluate(
-            model, images, labels, mean=data.info.mean, std=data.info.std,
-            num_classes=data.info.num_classes, batch_size=config.eval_batch_size,
-        ) if len(images) else None  # fmt: skip
+        result = (
+            evaluate(
+                model,
+                images,
+                labels,
+                mean=data.info.mean,
+                std=data.info.std,
+                num_classes=data.info.num_classes,
+                batch_size=config.eval_batch_size,
+            )
+            if len(images)
+            else None
+        )
         if ranks is None:
             assert result is not None  # one process: never an empty split
             return result.accuracy, result.loss
         count = len(images)
         right, loss, total = distributed.all_sum(
-            [round(result.accuracy * count) if result else 0.0,  # whole images right
-             result.loss * count if result else 0.0, float(count)], splits.train_x.device,
-        )  # fmt: skip
+            [
+                round(result.accuracy * count) if result else 0.0,  # whole images right
+                result.loss * count if result else 0.0,
+                float(count),
+            ],
+            splits.train_x.device,
+        )
         return right / total, loss / total
 
     record: dict = {}
