@@ -35,8 +35,9 @@ def measure(data_dir: str, seed: int, threads: int, settings: dict, int8: bool) 
 
     sys.path.insert(0, str(ROOT))
     from mnist_cnn import Predictor, TrainConfig, load_dataset, train
-    from mnist_cnn.anatomy import grad_cam, probe_rotate, probe_shift, shift_images
+    from mnist_cnn.anatomy import grad_cam
     from mnist_cnn.datasets import get_dataset_info, locate
+    from mnist_cnn.probe import probe_rotate, probe_shift, shift_images
     from tests.conftest import REAL_RUN
 
     torch.set_num_threads(threads)

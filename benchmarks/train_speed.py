@@ -32,11 +32,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from mnist_cnn import CustomCNN, TrainConfig, load_dataset, train
+from mnist_cnn import CustomCNN, TrainConfig, layer_table, load_dataset, train
 from mnist_cnn.device import cpu_bf16_features, resolve_precision
 
-# multiply-adds of one forward pass per image, from the layer shapes (conv: H*W*Cout*Cin*9)
-FORWARD_MACS = 28 * 28 * 32 * 9 + 14 * 14 * 64 * 32 * 9 + 7 * 7 * 128 * 64 * 9 + 2048 * 625 + 6250
+# multiply-adds of one forward pass per image, from the model's own layer table
+# (conv: H*W*Cout*Cin*9, linear: in*out): 8,737,386 for the seed's CustomCNN
+FORWARD_MACS = sum(row.mult_adds for row in layer_table(CustomCNN()))
 TRAIN_FLOPS_PER_IMAGE = 3 * 2 * FORWARD_MACS  # forward + backward (input and weight gradients)
 FLOATS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MATMUL = 2048  # the floor's matrix size

@@ -19,15 +19,13 @@ from mnist_cnn.anatomy import (
     feature_maps,
     grad_cam,
     layer_table,
-    probe_shift,
-    rotate_images,
-    shift_images,
     strongest_channels,
     weight_sharing,
 )
 from mnist_cnn.cli import main
 from mnist_cnn.evaluation import evaluate
 from mnist_cnn.model import CustomCNN, ModelConfig, count_parameters
+from mnist_cnn.probe import probe_shift, rotate_images, shift_images
 
 
 def test_summary_numbers_are_the_models_own():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mnist_cnn import CustomCNN, ModelConfig, count_parameters, format_summary, summarize
+from mnist_cnn.model import eval_mode
 
 
 def test_parameter_count_matches_the_seed():
@@ -110,3 +111,55 @@ def test_forward_computes_the_seeds_conv_relu_pool_exactly():
     g_theirs = torch.autograd.grad(theirs.square().sum(), [x, *model.parameters()])
     for a, b in zip(g_ours, g_theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_eval_mode_turns_dropout_off_and_restores_the_mode_even_on_an_exception(training):
+    model = CustomCNN().train(training)
+    x = torch.randn(8, 1, 28, 28)
+    with eval_mode(model) as inside:
+        assert inside is model and not model.training
+        assert torch.equal(model(x), model(x))  # no dropout
+    assert model.training is training
+    with pytest.raises(RuntimeError, match="boom"), eval_mode(model):
+        assert not model.training
+        raise RuntimeError("boom")
+    assert model.training is training
+    assert all(m.training is training for m in model.modules()), "every submodule restored"
+
+
+def test_named_stages_run_in_order_compute_the_seeds_forward():
+    torch.manual_seed(5)
+    model = CustomCNN().eval()
+    stages = model.named_stages()
+    assert [name for name, _ in stages][:3] == ["layer1.conv", "layer1.relu", "layer1.pool"]
+    assert [name for name, _ in stages][-4:] == [
+        "layer4.fc1",
+        "layer4.relu",
+        "layer4.dropout",
+        "layer5.fc2",
+    ]
+    x = torch.randn(4, 1, 28, 28)
+    h = x
+    for _, module in stages:
+        h = module(h)
+    assert torch.equal(h, model.forward_conv_relu_pool(x))
+
+
+def test_the_summary_is_the_layer_table_grouped_by_layer():
+    from mnist_cnn import layer_table
+
+    model = CustomCNN(ModelConfig(num_classes=7))
+    table, summary = layer_table(model), summarize(model)
+    for row in summary:
+        steps = [r for r in table if r.name.split(".")[0] == row.name]
+        assert row.output_shape == steps[-1].output_shape
+        assert row.parameters == sum(r.parameters for r in steps)
+    assert [r.description for r in summary] == [
+        "Conv2d(1->32, 3x3) ReLU MaxPool(2)",
+        "Conv2d(32->64, 3x3) ReLU MaxPool(2)",
+        "Conv2d(64->128, 3x3) ReLU MaxPool(2, pad 1)",
+        "Flatten",
+        "Linear(2048->625) ReLU Dropout",
+        "Linear(625->7)",
+    ]

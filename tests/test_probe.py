@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_cnn.anatomy import (
+from mnist_cnn.cli import main
+from mnist_cnn.evaluation import evaluate
+from mnist_cnn.probe import (
     format_probe,
     ink_lost_by_rotation,
     ink_lost_by_shift,
@@ -17,8 +19,6 @@ from mnist_cnn.anatomy import (
     rotate_images,
     shift_images,
 )
-from mnist_cnn.cli import main
-from mnist_cnn.evaluation import evaluate
 
 MEAN, STD = 0.1307, 0.3081
 

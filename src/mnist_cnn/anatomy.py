@@ -1,4 +1,5 @@
-"""Inside a CustomCNN: per-layer numbers, feature maps, class evidence, invariance probes.
+"""Inside a CustomCNN: the layer table (and the seed's summary, a view of it), feature maps,
+class evidence. The invariance probes are in probe.py.
 
 Everything here is computed from the model itself (hooks, its weights, real forward and
 backward passes), never from a table typed in by hand, so it stays true for any
@@ -7,17 +8,15 @@ backward passes), never from a table typed in by hand, so it stays true for any
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from functools import partial
+from itertools import groupby
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .evaluation import normalize
-from .model import CustomCNN, count_parameters
+from .model import CustomCNN, count_parameters, eval_mode
 
 
 @dataclass(frozen=True)
@@ -48,22 +47,6 @@ class SharingRow:
         return self.dense_parameters / self.conv_parameters
 
 
-def _modules(model: CustomCNN) -> list[tuple[str, nn.Module]]:
-    """The leaf modules in the seed's order: conv, ReLU, pool for each block, then the head."""
-    out = []
-    for b, block in enumerate((model.layer1, model.layer2, model.layer3), start=1):
-        for part, module in zip(("conv", "relu", "pool"), block, strict=True):
-            out.append((f"layer{b}.{part}", module))
-    out += [
-        ("flatten", nn.Flatten(1)),
-        ("layer4.fc1", model.fc1),
-        ("layer4.relu", model.relu),
-        ("layer4.dropout", model.dropout),
-        ("layer5.fc2", model.fc2),
-    ]
-    return out
-
-
 def _kind(module: nn.Module) -> str:
     if isinstance(module, nn.Conv2d):
         k, s, p = module.kernel_size[0], module.stride[0], module.padding[0]
@@ -89,43 +72,85 @@ def layer_table(model: CustomCNN) -> list[LayerRow]:
     x = torch.zeros(1, c.in_channels, c.image_size, c.image_size, device=device)
     rows, jump = [], 1
     field: int | None = 1
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for name, module in _modules(model):
-                y = module(x)
-                macs = 0
-                if isinstance(module, nn.Conv2d):
-                    k = module.kernel_size[0] * module.kernel_size[1]
-                    macs = y[0].numel() * module.in_channels // module.groups * k
-                elif isinstance(module, nn.Linear):
-                    macs = module.in_features * module.out_features
-                if isinstance(module, (nn.Conv2d, nn.MaxPool2d)) and field is not None:
-                    k = _pair(module.kernel_size)
-                    s = _pair(module.stride)
-                    field += (k - 1) * jump
-                    jump *= s
-                elif isinstance(module, (nn.Flatten, nn.Linear)):
-                    field = None  # every output sees the whole image
-                rows.append(
-                    LayerRow(
-                        name,
-                        _kind(module),
-                        tuple(y.shape[1:]),
-                        count_parameters(module),
-                        macs,
-                        field,
-                    )
-                )
-                x = y
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for name, module in model.named_stages():
+            y = module(x)
+            macs = 0
+            if isinstance(module, nn.Conv2d):
+                k = module.kernel_size[0] * module.kernel_size[1]
+                macs = y[0].numel() * module.in_channels // module.groups * k
+            elif isinstance(module, nn.Linear):
+                macs = module.in_features * module.out_features
+            if isinstance(module, (nn.Conv2d, nn.MaxPool2d)) and field is not None:
+                field += (_pair(module.kernel_size) - 1) * jump
+                jump *= _pair(module.stride)
+            elif isinstance(module, (nn.Flatten, nn.Linear)):
+                field = None  # every output sees the whole image
+            shape = tuple(y.shape[1:])
+            rows.append(LayerRow(name, _kind(module), shape, count_parameters(module), macs, field))
+            x = y
     return rows
 
 
 def _pair(value) -> int:
     return value[0] if isinstance(value, tuple) else int(value)
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """One of the seed's layers (layer1..layer5, and the flatten): the steps of the layer
+    table with that prefix, taken together."""
+
+    name: str
+    description: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    parameters: int
+
+
+def summarize(model: CustomCNN) -> list[LayerSummary]:
+    """Each of the seed's layers with its input and output shape and parameter count: the
+    :func:`layer_table` rows grouped by layer."""
+    c = model.config
+    shape = (c.in_channels, c.image_size, c.image_size)
+    modules = dict(model.named_stages())
+    layers = []
+    for layer, group in groupby(layer_table(model), key=lambda r: r.name.split(".")[0]):
+        rows = list(group)
+        what = " ".join(_short(modules[r.name]) for r in rows)
+        params = sum(r.parameters for r in rows)
+        layers.append(LayerSummary(layer, what, shape, rows[-1].output_shape, params))
+        shape = rows[-1].output_shape
+    return layers
+
+
+def _short(module: nn.Module) -> str:
+    """A step as the seed's summary names it: "Conv2d(1->32, 3x3)", "MaxPool(2, pad 1)"."""
+    if isinstance(module, nn.Conv2d):
+        k = module.kernel_size[0]
+        return f"Conv2d({module.in_channels}->{module.out_channels}, {k}x{k})"
+    if isinstance(module, nn.MaxPool2d):
+        pad = f", pad {module.padding}" if module.padding else ""
+        return f"MaxPool({module.kernel_size}{pad})"
+    if isinstance(module, nn.Linear):
+        return f"Linear({module.in_features}->{module.out_features})"
+    return type(module).__name__
+
+
+def format_summary(model: CustomCNN) -> str:
+    """The summary as text, one line per layer in the seed's '입-출력 (?, ...) » (?, ...)' style."""
+    rows = summarize(model)
+
+    def shape(s):
+        return "(?, " + ", ".join(str(d) for d in s) + ")"
+
+    lines = [f"{'layer':<8} {'what':<44} {'input -> output':<34} {'params':>10}"]
+    for r in rows:
+        io = f"{shape(r.input_shape)} -> {shape(r.output_shape)}"
+        lines.append(f"{r.name:<8} {r.description:<44} {io:<34} {r.parameters:>10,}")
+    total = count_parameters(model)
+    lines.append(f"{'total':<8} {'':<44} {'':<34} {total:>10,}")
+    return "\n".join(lines)
 
 
 def weight_sharing(model: CustomCNN) -> list[SharingRow]:
@@ -217,17 +242,12 @@ def feature_maps(model: CustomCNN, x: torch.Tensor) -> list[Stage]:
     module by module, so each stage is what the tutorial's diagram names.
     """
     stages = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for name, module in _modules(model):
-                if name == "flatten":  # the three blocks end here
-                    break
-                x = module(x)
-                stages.append(Stage(name, x[0].detach().cpu().numpy()))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for name, module in model.named_stages():
+            if name == "flatten":  # the three blocks end here
+                break
+            x = module(x)
+            stages.append(Stage(name, x[0].detach().cpu().numpy()))
     return stages
 
 
@@ -245,10 +265,8 @@ def grad_cam(model: CustomCNN, x: torch.Tensor, target: int) -> np.ndarray:
     score rises with it (the gradient, averaged over the map), the weighted maps are summed,
     and only positive evidence is kept. Returns an (H, W) map scaled to 0..1.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
+    with eval_mode(model), torch.enable_grad():
+        try:
             h = model.layer2(model.layer1(x))
             conv, relu, pool = model.layer3
             a = relu(conv(h))  # (1, 128, 7, 7)
@@ -259,217 +277,11 @@ def grad_cam(model: CustomCNN, x: torch.Tensor, target: int) -> np.ndarray:
             weights = a.grad.mean(dim=(2, 3), keepdim=True)  # (1, 128, 1, 1)
             cam = F.relu((weights * a).sum(dim=1, keepdim=True))  # (1, 1, 7, 7)
             cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
+        finally:
+            model.zero_grad(set_to_none=True)
     heat = cam[0, 0].detach().cpu().numpy()
     top = float(heat.max())
     return heat / top if top > 0 else heat
-
-
-# --- How invariant is it really? ------------------------------------------------------------
-
-
-def shift_images(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
-    """Move (N, 1, H, W) images by whole pixels (right, down), filling with background 0."""
-    n, c, h, w = images.shape
-    out = torch.zeros_like(images)
-    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
-    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
-    if abs(dx) < w and abs(dy) < h:
-        out[:, :, yd, xd] = images[:, :, ys, xs]
-    return out
-
-
-def rotate_images(images: torch.Tensor, degrees: float) -> torch.Tensor:
-    """Rotate (N, 1, H, W) float images about their centre (counter-clockwise), bilinear."""
-    if degrees == 0:
-        return images.clone()
-    t = -math.radians(degrees)  # the grid maps output to input: the inverse rotation
-    theta = torch.tensor(
-        [[math.cos(t), math.sin(t), 0.0], [-math.sin(t), math.cos(t), 0.0]],
-        dtype=images.dtype,
-        device=images.device,
-    )
-    grid = F.affine_grid(theta.expand(len(images), 2, 3), list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def ink_margins(images: torch.Tensor) -> torch.Tensor:
-    """Empty rows and columns around each image's ink: (N, 4) as top, bottom, left, right.
-
-    A shift by (dx, dy) keeps every ink pixel inside the frame exactly when
-    -left <= dx <= right and -top <= dy <= bottom. A blank image has margins of its full size.
-    """
-    ink = images.reshape(len(images), *images.shape[-2:]) > 0  # (N, H, W)
-    h, w = ink.shape[-2:]
-
-    def margins(present: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.arange(size, device=present.device)
-        first = torch.where(present, index, size).amin(dim=1)
-        last = torch.where(present, index, -1).amax(dim=1)
-        blank = last < 0
-        return first.masked_fill(blank, size), (size - 1 - last).masked_fill(blank, size)
-
-    top, bottom = margins(ink.any(dim=2), h)
-    left, right = margins(ink.any(dim=1), w)
-    return torch.stack([top, bottom, left, right], dim=1)
-
-
-def ink_lost_by_shift(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
-    """The fraction of each image's ink (its pixel sum) that a shift moves out of the frame."""
-    x = images.float()
-    total = x.sum(dim=(1, 2, 3))
-    kept = shift_images(x, dx, dy).sum(dim=(1, 2, 3))
-    return torch.where(total > 0, 1 - kept / total.clamp(min=1e-12), torch.zeros_like(total))
-
-
-def ink_lost_by_rotation(images: torch.Tensor, degrees: float) -> torch.Tensor:
-    """The fraction of each image's ink whose pixel centres a rotation about the image centre
-    carries out of the frame (interpolation aside, what the rotated image can no longer show)."""
-    n, _, h, w = images.shape
-    ys, xs = torch.meshgrid(
-        torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij"
-    )
-    t = math.radians(degrees)
-    rx = math.cos(t) * xs + math.sin(t) * ys  # counter-clockwise on screen (y points down)
-    ry = -math.sin(t) * xs + math.cos(t) * ys
-    outside = (rx.abs() > w / 2) | (ry.abs() > h / 2)  # (H, W)
-    x = images.float().reshape(n, h, w).cpu()
-    total = x.sum(dim=(1, 2))
-    lost = (x * outside).sum(dim=(1, 2))
-    return torch.where(total > 0, lost / total.clamp(min=1e-12), torch.zeros_like(total))
-
-
-@torch.no_grad()
-def correct_under(
-    model: CustomCNN,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    transform,
-    mean: float,
-    std: float,
-    batch: int = 1000,
-) -> torch.Tensor:
-    """Which images (uint8 (N, 1, H, W)) the model still gets right after ``transform`` (on
-    0..1 pixels, before normalization): a bool tensor (N,) on the CPU."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    right = []
-    try:
-        for i in range(0, len(images), batch):
-            x = images[i : i + batch].to(device).float().div_(255)
-            x = normalize(transform(x), mean, std)
-            right.append((model(x).argmax(1) == labels[i : i + batch].to(device)).cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(right) if right else torch.zeros(0, dtype=torch.bool)
-
-
-def accuracy_under(
-    model: CustomCNN,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    transform,
-    mean: float,
-    std: float,
-    batch: int = 1000,
-) -> float:
-    """Test accuracy when every image (uint8 (N, 1, H, W)) first goes through ``transform``
-    (on 0..1 pixels, before normalization)."""
-    return float(correct_under(model, images, labels, transform, mean, std, batch).float().mean())
-
-
-def _mean(values: torch.Tensor) -> float:
-    return float(values.float().mean()) if len(values) else float("nan")
-
-
-def probe_shift(model, images, labels, mean, std, shifts=range(-6, 7)) -> dict:
-    """Accuracy with the test images moved horizontally, and separately vertically, measured
-    so that lost ink cannot pass for missing invariance.
-
-    A digit shifted past its margin loses ink at the frame's edge (MNIST's digits are 20
-    pixels tall in a 28-pixel frame, so a vertical shift of 5 or more cuts most of them). For
-    each shift, ``accuracy`` is measured on the digits whose ink all stays inside (``kept``
-    of them), next to the same digits unshifted (``unshifted``): the difference is what the
-    move alone costs. ``cut`` is the accuracy over every digit with the ink that leaves the
-    frame cut off, and ``ink_lost`` the mean fraction of ink that shift cuts off.
-    """
-    shifts = list(shifts)
-    images = images.cpu()
-    margin = ink_margins(images)  # (N, 4): top, bottom, left, right
-    base = correct_under(model, images, labels, lambda t: t, mean, std)
-    result = {"kind": "shift", "values": shifts, "unit": "pixels", "images": len(images)}
-    for key in ("accuracy", "unshifted", "kept", "cut", "ink_lost"):
-        result[key] = {"horizontal": [], "vertical": []}
-    for axis, (before, after) in (("horizontal", (2, 3)), ("vertical", (0, 1))):
-        for s in shifts:
-            dx, dy = (s, 0) if axis == "horizontal" else (0, s)
-            keep = (margin[:, before] >= -s) & (margin[:, after] >= s)
-            move = partial(shift_images, dx=dx, dy=dy)
-            right = correct_under(model, images, labels, move, mean, std)
-            result["accuracy"][axis].append(_mean(right[keep]))
-            result["unshifted"][axis].append(_mean(base[keep]))
-            result["kept"][axis].append(int(keep.sum()))
-            result["cut"][axis].append(_mean(right))
-            result["ink_lost"][axis].append(_mean(ink_lost_by_shift(images, dx, dy)))
-    return result
-
-
-def probe_rotate(model, images, labels, mean, std, angles=range(-45, 46, 5)) -> dict:
-    """Accuracy with every test image rotated by each angle, and the ink each angle carries
-    out of the frame (little: MNIST's corners are empty)."""
-    angles = list(angles)
-    acc = [
-        accuracy_under(model, images, labels, lambda t, a=a: rotate_images(t, a), mean, std)
-        for a in angles
-    ]
-    lost = [_mean(ink_lost_by_rotation(images, a)) for a in angles]
-    return {
-        "kind": "rotate",
-        "values": angles,
-        "unit": "degrees",
-        "accuracy": {"rotation": acc},
-        "ink_lost": {"rotation": lost},
-        "images": len(images),
-    }
-
-
-def _pct(value: float) -> str:
-    return "-" if math.isnan(value) else f"{100 * value:.2f}%"
-
-
-def format_probe(result: dict) -> str:
-    """The probe command's table: one block per direction of a shift, one table for rotation."""
-    if result["kind"] == "rotate":
-        lines = [f"{'rotation (degrees)':<20}{'accuracy':>10}{'ink lost':>10}"]
-        for i, v in enumerate(result["values"]):
-            lines.append(
-                f"{v:>+20d}{_pct(result['accuracy']['rotation'][i]):>10}"
-                f"{_pct(result['ink_lost']['rotation'][i]):>10}"
-            )
-        return "\n".join(lines)
-    n = result["images"]
-    lines = []
-    for axis, sense in (("horizontal", "+ right, - left"), ("vertical", "+ down, - up")):
-        lines += [
-            f"{axis} shift (pixels; {sense})",
-            f"{'':7}{'digits whose ink stays inside':<33}{'all digits, ink cut off':<24}",
-            f"{'shift':>6}{'kept':>14}{'shifted':>9}{'unshifted':>10}"
-            f"{'accuracy':>11}{'ink lost':>10}",
-        ]
-        for i, v in enumerate(result["values"]):
-            kept = result["kept"][axis][i]
-            share = f"{kept:,} ({100 * kept / n:.0f}%)" if n else "0"
-            lines.append(
-                f"{v:>+6d}{share:>14}{_pct(result['accuracy'][axis][i]):>9}"
-                f"{_pct(result['unshifted'][axis][i]):>10}"
-                f"{_pct(result['cut'][axis][i]):>11}"
-                f"{_pct(result['ink_lost'][axis][i]):>10}"
-            )
-        lines.append("")
-    return "\n".join(lines[:-1])
 
 
 def feature_panel(model: CustomCNN, x: torch.Tensor, deep_channels: int = 16) -> list[dict]:

@@ -19,6 +19,7 @@ import json
 import os
 import platform
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,10 @@ from safetensors.torch import load_file, save
 
 from . import schema
 from .errors import MnistCnnError
+from .evaluation import predict_probabilities
 from .files import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
-from .model import ARCHITECTURE, CustomCNN
+from .model import ARCHITECTURE, CustomCNN, count_parameters
+from .spec import InputSpec, ModelInfo, SpecFields, float_or_none
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -207,28 +210,33 @@ def check_architecture(config: dict, run_dir: Path) -> None:
 
 
 @dataclass
-class TrainedModel:
-    """A trained CustomCNN with what it needs for inference: classes and normalization."""
+class TrainedModel(SpecFields):
+    """A trained CustomCNN with what it needs for inference: its input spec (classes,
+    normalization, image size, preprocessing style). A :class:`spec.Model` on PyTorch."""
 
     model: CustomCNN
     config: dict
     run_dir: Path
 
-    @property
-    def classes(self) -> list[str]:
-        return list(self.config["data"]["classes"])
+    @cached_property
+    def spec(self) -> InputSpec:
+        """config.json's "data" (an older run's without a style: its dataset's)."""
+        return schema.check_data(self.config["data"], self.run_dir / CONFIG_FILE)
 
-    @property
-    def mean(self) -> float:
-        return float(self.config["data"]["mean"])
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(N, 28, 28) images (uint8, or float in 0..1) -> (N, classes) probabilities."""
+        x = torch.from_numpy(np.ascontiguousarray(images))
+        return predict_probabilities(self.model, x, mean=self.mean, std=self.std).numpy()
 
-    @property
-    def std(self) -> float:
-        return float(self.config["data"]["std"])
-
-    @property
-    def dataset(self) -> str:
-        return self.config["data"]["dataset"]
+    def describe(self) -> ModelInfo:
+        metrics = self.config.get("metrics") or {}
+        return ModelInfo.of(
+            self.spec,
+            architecture=self.config["model"]["architecture"],
+            test_accuracy=float_or_none(metrics.get("test_accuracy")),
+            parameters=count_parameters(self.model),
+            runtime="pytorch",
+        )
 
     @property
     def epoch(self) -> int:

@@ -811,10 +811,10 @@ def cmd_explain(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from .anatomy import format_probe, probe_rotate, probe_shift
     from .checkpoint import load_run
     from .device import select_device
     from .download import load_dataset
+    from .probe import format_probe, probe_rotate, probe_shift, write_probe
 
     if args.limit is not None and args.limit < 1:
         raise MnistCnnError("--limit must be at least 1")
@@ -833,7 +833,5 @@ def cmd_probe(args) -> int:
     print(f"{trained.run_dir}: {trained.dataset} test accuracy, {len(images):,} images")
     print(format_probe(result))
     if args.out:
-        from .explain import write_probe
-
         print(f"wrote {write_probe(result, args.out)}")
     return 0

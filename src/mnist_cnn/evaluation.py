@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .model import eval_mode
+
 
 def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """Images (N, H, W) or (N, 1, H, W) -> the model's float32 (N, 1, H, W) input: uint8
@@ -70,19 +72,20 @@ def evaluate(
 def predict_probabilities(
     model: nn.Module, images: torch.Tensor, *, mean: float, std: float, batch_size: int = 1000
 ) -> torch.Tensor:
-    """Class probabilities (N, classes) for uint8 ``images`` (N, 28, 28), in eval mode."""
-    batches = _batched_logits(model, images, mean, std, batch_size)
-    return torch.cat([torch.softmax(logits, dim=1) for _, logits in batches]).cpu()
+    """Class probabilities (N, classes) on the CPU for ``images`` (N, 28, 28), uint8 or float
+    in 0..1, in batches: :meth:`CustomCNN.predict_proba` of each normalized batch."""
+    device = next(model.parameters()).device
+    batches = [
+        model.predict_proba(normalize(images[start : start + batch_size].to(device), mean, std))
+        for start in range(0, len(images), batch_size)
+    ]
+    return torch.cat(batches).cpu() if batches else torch.zeros(0, model.config.num_classes)
 
 
 def _batched_logits(model: nn.Module, images: torch.Tensor, mean, std, batch_size: int):
     """Yield (rows, logits) over uint8 ``images`` in batches, with the model in eval mode."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for start in range(0, len(images), batch_size):
             rows = slice(start, start + batch_size)
             yield rows, model(normalize(images[rows].to(device), mean, std))
-    finally:
-        model.train(was_training)

@@ -1,4 +1,4 @@
-"""`mnist-cnn explain` and `mnist-cnn probe`: pictures of the network at work, as HTML + PNG.
+"""`mnist-cnn explain`: pictures of the network at work on one image, as HTML + PNG.
 
 The pages are self-contained (every picture embedded), so they open offline and can be sent
 to someone as one file; the PNGs are written beside them for slides and documents.
@@ -6,18 +6,17 @@ to someone as one file; the PNGs are written beside them for slides and document
 
 from __future__ import annotations
 
-import base64
 import html
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .anatomy import feature_maps, grad_cam, layer_table, strongest_channels
 from .evaluation import normalize
+from .figures import CSS, img_tag, png_bytes
 from .files import atomic_write_bytes, atomic_write_text
-from .report import _CSS, _png, prepare_output
+from .report import prepare_output
 
 DEEP_CHANNELS = 16  # channels shown for layer2 and layer3 (all 32 of layer1 are shown)
 
@@ -32,9 +31,7 @@ def explain(trained, pre, out_dir, name: str = "image", top_k: int = 5) -> dict:
     model = trained.model
     device = next(model.parameters()).device
     x = normalize(torch.from_numpy(pre.image[None]).to(device), trained.mean, trained.std)
-    model.eval()
-    with torch.no_grad():
-        probs = torch.softmax(model(x), dim=1)[0].cpu().numpy()
+    probs = trained.probabilities(pre.image[None])[0]
     label = int(probs.argmax())
     stages = feature_maps(model, x)
     cam = grad_cam(model, x, label)
@@ -54,7 +51,7 @@ def explain(trained, pre, out_dir, name: str = "image", top_k: int = 5) -> dict:
     }
     pngs = {}
     for key, fig in figures.items():
-        pngs[key] = _png(fig)
+        pngs[key] = png_bytes(fig)
         atomic_write_bytes(out / f"{key}.png", pngs[key])
     order = np.argsort(-probs, kind="stable")[: max(1, top_k)]
     record = {
@@ -192,8 +189,7 @@ def _plot_probabilities(probs: np.ndarray, classes: list[str]):
 
 
 def _img(pngs: dict, key: str, alt: str) -> str:
-    data = base64.b64encode(pngs[key]).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+    return img_tag(pngs[key], alt)
 
 
 def _explain_html(trained, record: dict, pngs: dict, table) -> str:
@@ -208,7 +204,7 @@ def _explain_html(trained, record: dict, pngs: dict, table) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)}</title><style>{_CSS}
+<title>{html.escape(title)}</title><style>{CSS}
 .lead{{font-size:17px}} figure{{margin:0}} .small{{color:#5b6475;font-size:13px}}</style></head>
 <body><header><h1>{html.escape(title)}</h1>
 <p>The network trained on {html.escape(trained.dataset)} reads it as <b>{verdict}</b></p></header>
@@ -260,89 +256,3 @@ once and give one score per class; softmax turns the scores into probabilities.<
 --shift</code>: how much a shift of the input changes the answer.</p>
 </main></body></html>
 """
-
-
-def write_probe(result: dict, out_dir) -> Path:
-    """DIR/probe-<kind>.png and .json for a probe result; returns the PNG's path."""
-    out = prepare_output(out_dir, "--out")
-    fig = _plot_shift(result) if result["kind"] == "shift" else _plot_rotation(result)
-    png = out / f"probe-{result['kind']}.png"
-    atomic_write_bytes(png, _png(fig))
-    atomic_write_text(out / f"probe-{result['kind']}.json", json.dumps(result, indent=2) + "\n")
-    return png
-
-
-def _plot_shift(result: dict):
-    """Per direction: accuracy on the digits kept whole (shifted and not), on all digits with
-    ink cut off; below it, how many digits stay whole and how much ink the shift cuts off."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(
-        2, 2, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]}
-    )
-    v, n = result["values"], max(result["images"], 1)
-    for col, (axis, sense) in enumerate(
-        (("horizontal", "left - / + right"), ("vertical", "up - / + down"))
-    ):
-        top, bottom = axes[0, col], axes[1, col]
-        pct = {k: [100 * a for a in result[k][axis]] for k in ("accuracy", "unshifted", "cut")}
-        top.plot(v, pct["accuracy"], marker="o", color="C0", label="digits kept whole, shifted")
-        top.plot(
-            v,
-            pct["unshifted"],
-            ls="--",
-            color="C0",
-            alpha=0.6,
-            label="the same digits, not shifted",
-        )
-        top.plot(
-            v,
-            pct["cut"],
-            marker=".",
-            ls=":",
-            color="C3",
-            label="all digits, ink cut off at the edge",
-        )
-        top.set_title(f"{axis} shift", fontsize=10)
-        top.set_ylabel("test accuracy (%)")
-        top.set_ylim(0, 100)
-        kept = [100 * k / n for k in result["kept"][axis]]
-        lost = [100 * a for a in result["ink_lost"][axis]]
-        bottom.bar(v, kept, color="C0", alpha=0.35, label="digits kept whole")
-        bottom.plot(v, lost, marker=".", color="C3", label="ink cut off (mean)")
-        bottom.set_ylim(0, 100)
-        bottom.set_ylabel("% of test digits / ink")
-        bottom.set_xlabel(f"shift (pixels; {sense})")
-        for ax in (top, bottom):
-            ax.grid(alpha=0.3)
-            ax.axvline(0, color="#999", lw=0.8)
-    axes[0, 0].legend(fontsize=8, loc="lower center")
-    axes[1, 0].legend(fontsize=8, loc="lower center")
-    fig.suptitle(
-        f"How translation-invariant is it? {result['images']:,} test images, shifted", fontsize=11
-    )
-    fig.tight_layout()
-    return fig
-
-
-def _plot_rotation(result: dict):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    v = result["values"]
-    ax.plot(v, [100 * a for a in result["accuracy"]["rotation"]], marker="o", label="accuracy")
-    ax.plot(
-        v,
-        [100 * a for a in result["ink_lost"]["rotation"]],
-        marker=".",
-        color="C3",
-        label="ink carried out of the frame (mean)",
-    )
-    ax.set_xlabel(f"rotation ({result['unit']}; + counter-clockwise)")
-    ax.set_ylabel("% of test images / ink")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.axvline(0, color="#999", lw=0.8)
-    ax.legend(fontsize=8, loc="center right")
-    ax.set_title(f"Rotation: {result['images']:,} test images rotated", fontsize=10)
-    return fig

@@ -19,7 +19,6 @@ import torch
 from .checkpoint import TrainedModel
 from .errors import MnistCnnError
 from .evaluation import normalize
-from .model import count_parameters
 
 FORMATS = ("onnx", "exported-program")
 OPSET = 21
@@ -164,19 +163,8 @@ def _export_onnx(trained: TrainedModel, path: Path) -> None:
 
 
 def _metadata(trained: TrainedModel) -> dict[str, str]:
-    metrics = trained.config.get("metrics") or {}
-    return {
-        "architecture": trained.config["model"]["architecture"],
-        "dataset": trained.dataset,
-        "classes": json.dumps(trained.classes, ensure_ascii=False),
-        "mean": repr(trained.mean),
-        "std": repr(trained.std),
-        "input": "float32 (N, 1, 28, 28): pixels / 255, then (x - mean) / std",
-        "output": "float32 (N, classes) logits; softmax gives probabilities",
-        "test_accuracy": repr(metrics.get("test_accuracy", "")),
-        "parameters": str(count_parameters(trained.model)),
-        "producer": "mnist-cnn",
-    }
+    """What the export carries: the model's description (its input spec included)."""
+    return trained.describe().metadata()
 
 
 def _set_onnx_metadata(path: Path, trained: TrainedModel, **extra: str) -> None:

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -84,27 +86,27 @@ class CustomCNN(nn.Module):
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (N, num_classes): softmax over the logits, in eval mode."""
-        was_training = self.training
-        self.eval()
-        try:
+        """Class probabilities (N, num_classes) for normalized images: softmax over the logits,
+        in eval mode. Every PyTorch probability in the package is computed here."""
+        with eval_mode(self):
             return torch.softmax(self(x), dim=1)
-        finally:
-            self.train(was_training)
 
-    def stages(self) -> list[tuple[str, str, nn.Module]]:
-        """The seed's five layers (plus the flatten) as (name, description, module), in order."""
+    def named_stages(self) -> list[tuple[str, nn.Module]]:
+        """Every step of the network in the seed's order, named "<layer>.<step>": conv, relu and
+        pool of each block, then flatten, layer4's fc1, relu and dropout, and layer5's fc2.
+        Running them one after another is :meth:`forward_conv_relu_pool`."""
+        blocks = (self.layer1, self.layer2, self.layer3)
         return [
-            ("layer1", "Conv2d(1->32, 3x3) ReLU MaxPool(2)", self.layer1),
-            ("layer2", "Conv2d(32->64, 3x3) ReLU MaxPool(2)", self.layer2),
-            ("layer3", "Conv2d(64->128, 3x3) ReLU MaxPool(2, pad 1)", self.layer3),
-            ("flatten", "Flatten", nn.Flatten(1)),
-            (
-                "layer4",
-                f"Linear({self.fc1.in_features}->{self.hidden}) ReLU Dropout",
-                nn.Sequential(self.fc1, self.relu, self.dropout),
-            ),
-            ("layer5", f"Linear({self.hidden}->{self.config.num_classes})", self.fc2),
+            *[
+                (f"layer{b}.{step}", module)
+                for b, block in enumerate(blocks, start=1)
+                for step, module in zip(("conv", "relu", "pool"), block, strict=True)
+            ],
+            ("flatten", nn.Flatten(1)),
+            ("layer4.fc1", self.fc1),
+            ("layer4.relu", self.relu),
+            ("layer4.dropout", self.dropout),
+            ("layer5.fc2", self.fc2),
         ]
 
 
@@ -112,50 +114,13 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@dataclass(frozen=True)
-class LayerSummary:
-    name: str
-    description: str
-    input_shape: tuple[int, ...]
-    output_shape: tuple[int, ...]
-    parameters: int
-
-
-def summarize(model: CustomCNN) -> list[LayerSummary]:
-    """Each stage's input and output shape and parameter count, computed by running the model."""
-    c = model.config
-    x = torch.zeros(1, c.in_channels, c.image_size, c.image_size)
-    rows = []
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode (no dropout) for the block, then back in the mode it was in,
+    also when the block raises."""
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for name, description, module in model.stages():
-            y = module(x)
-            rows.append(
-                LayerSummary(
-                    name,
-                    description,
-                    tuple(x.shape[1:]),
-                    tuple(y.shape[1:]),
-                    count_parameters(module),
-                )
-            )
-            x = y
-    model.train(was_training)
-    return rows
-
-
-def format_summary(model: CustomCNN) -> str:
-    """The summary as text, one line per layer in the seed's '입-출력 (?, ...) » (?, ...)' style."""
-    rows = summarize(model)
-
-    def shape(s):
-        return "(?, " + ", ".join(str(d) for d in s) + ")"
-
-    lines = [f"{'layer':<8} {'what':<44} {'input -> output':<34} {'params':>10}"]
-    for r in rows:
-        io = f"{shape(r.input_shape)} -> {shape(r.output_shape)}"
-        lines.append(f"{r.name:<8} {r.description:<44} {io:<34} {r.parameters:>10,}")
-    total = count_parameters(model)
-    lines.append(f"{'total':<8} {'':<44} {'':<34} {total:>10,}")
-    return "\n".join(lines)
+    try:
+        yield model
+    finally:
+        model.train(was_training)

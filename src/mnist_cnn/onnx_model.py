@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MnistCnnError
-from .schema import check_onnx_metadata
+from .schema import ONNX_ARCHITECTURE, check_onnx_metadata
+from .spec import InputSpec, ModelInfo, SpecFields, float_or_none
 
-METADATA_KEYS = ("architecture", "dataset", "classes", "mean", "std", "test_accuracy")
 
-
-class OnnxModel:
-    """An exported CustomCNN: normalized float32 (N, 1, 28, 28) in, logits (N, classes) out."""
+class OnnxModel(SpecFields):
+    """An exported CustomCNN: normalized float32 (N, 1, 28, 28) in, logits (N, classes) out.
+    A :class:`spec.Model`: its input spec is read from the file's metadata."""
 
     def __init__(self, path: str | os.PathLike | bytes, threads: int | None = None):
         """``path``: an .onnx file, or the bytes of one (a model exported in memory)."""
@@ -36,21 +36,21 @@ class OnnxModel:
         except Exception as e:  # ORT raises its own exception types for unreadable models
             raise MnistCnnError(f"{self.path}: not a loadable ONNX model ({e})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
-        checked = check_onnx_metadata(meta, self.path)
+        self.spec: InputSpec = check_onnx_metadata(meta, self.path)
         self.metadata = meta
-        self.classes = list(checked.classes)
-        self.mean, self.std = checked.mean, checked.std
-        self.dataset = checked.dataset
         self.input_name = self.session.get_inputs()[0].name
         self._check_graph()
 
     def _check_graph(self) -> None:
         """One image through the graph: (1, classes) finite logits, or a one-line refusal."""
-        probe = np.full((1, 1, 28, 28), -self.mean / self.std, np.float32)  # a blank image
+        side = self.spec.image_size
+        probe = self.spec.normalize(np.zeros((1, side, side), np.float32))  # a blank image
         try:
             out = self.logits(probe)
         except Exception as e:  # ORT's own exception types: wrong input shape, bad graph
-            raise MnistCnnError(f"{self.path}: does not take 1 x 28 x 28 images ({e})") from None
+            raise MnistCnnError(
+                f"{self.path}: does not take 1 x {side} x {side} images ({e})"
+            ) from None
         if out.shape != (1, len(self.classes)):
             raise MnistCnnError(
                 f"{self.path}: computes {out.shape[-1]} logits, but its metadata "
@@ -64,7 +64,19 @@ class OnnxModel:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """(N, 28, 28) images in 0..1 -> (N, classes) probabilities."""
-        logits = self.logits(((images[:, None] - self.mean) / self.std).astype(np.float32))
+        """(N, 28, 28) images (uint8, or float in 0..1) -> (N, classes) probabilities: the
+        softmax of ONNX Runtime's logits."""
+        logits = self.logits(self.spec.normalize(images))
         z = np.exp(logits - logits.max(axis=1, keepdims=True))
         return z / z.sum(axis=1, keepdims=True)
+
+    def describe(self) -> ModelInfo:
+        meta = self.metadata
+        parameters = meta.get("parameters", "")
+        return ModelInfo.of(
+            self.spec,
+            architecture=meta.get("architecture", ONNX_ARCHITECTURE),
+            test_accuracy=float_or_none(meta.get("test_accuracy")),
+            parameters=int(parameters) if parameters.isdigit() else None,
+            runtime="onnxruntime",
+        )

@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import MnistCnnError
 from .preprocessing import DEFAULT_MAX_PIXELS, Preprocessed, load_image, to_mnist
+from .spec import Model
 
 IMAGE_SUFFIXES = {
     ".png",
@@ -44,15 +45,14 @@ class Predictor:
     ``{"file", "error"}`` for an image that could not be used.
     """
 
-    def __init__(self, model, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, model: Model, max_pixels: int = DEFAULT_MAX_PIXELS):
         """``model`` is a TrainedModel (PyTorch) or an OnnxModel (ONNX Runtime)."""
         self.model = model
-        self.classes = model.classes
-        self.mean, self.std = model.mean, model.std
+        self.spec = model.spec
+        self.classes = list(self.spec.classes)
+        self.mean, self.std = self.spec.mean, self.spec.std
         self.max_pixels = max_pixels
-        from .datasets import preprocessing_style
-
-        self.style = preprocessing_style(getattr(model, "dataset", "mnist"))  # as its data was made
+        self.style = self.spec.preprocessing  # as its training data was made
 
     @classmethod
     def from_run(
@@ -87,17 +87,7 @@ class Predictor:
                 self.probabilities(images[i : i + chunk]) for i in range(0, len(images), chunk)
             ]
             return np.concatenate(parts)
-        if hasattr(self.model, "probabilities"):  # ONNX Runtime
-            return self.model.probabilities(images)
-        import torch
-
-        from .evaluation import normalize
-
-        model = self.model.model.eval()
-        device = next(model.parameters()).device
-        x = normalize(torch.from_numpy(images).to(device), self.mean, self.std)
-        with torch.inference_mode():
-            return torch.softmax(model(x), dim=1).cpu().numpy()
+        return self.model.probabilities(images)
 
     def predict(self, images, top_k: int = 3, names: Iterable[str | None] | None = None):
         """Predict one image or a list; each may be a path, PIL image, array or tensor.

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 
 from .errors import MnistCnnError
+from .figures import CSS, img_tag, png_bytes
 from .files import atomic_write_bytes, atomic_write_text
 
 PLOTS = ("curves", "confusion", "per_class", "mistakes", "reliability")
@@ -60,7 +59,7 @@ def write_report(
     }
     pngs = {}
     for name, fig in figures.items():
-        pngs[name] = _png(fig)
+        pngs[name] = png_bytes(fig)
         atomic_write_bytes(out / f"{name}.png", pngs[name])
     accuracy = float((pred == labels).mean())
     page = _html(title, subtitle, accuracy, len(labels), scores, classes, calib, pngs)
@@ -86,15 +85,6 @@ def prepare_output(out_dir, option: str) -> Path:
     except OSError as e:
         raise MnistCnnError(f"{option} {out}: {e.strerror}") from None
     return out
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def _plot_curves(history: list[dict]):
@@ -225,26 +215,9 @@ def _plot_reliability(calib: dict):
     return fig
 
 
-_CSS = """
-body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#f6f7f9;
-color:#1d2433}
-header{background:#1d2433;color:#fff;padding:24px 32px}header h1{margin:0 0 4px;font-size:24px}
-header p{margin:0;opacity:.8}main{max-width:1100px;margin:0 auto;padding:24px 32px}
-.cards{display:flex;gap:16px;flex-wrap:wrap;margin-bottom:24px}
-.card{background:#fff;border-radius:10px;padding:16px 20px;box-shadow:0 1px 3px #0002;
-min-width:150px}.card b{display:block;font-size:28px}.card span{color:#5b6475}
-section{background:#fff;border-radius:10px;padding:16px 24px;margin-bottom:24px;
-box-shadow:0 1px 3px #0002}section h2{margin-top:4px;font-size:18px}
-img{max-width:100%;height:auto}table{border-collapse:collapse;font-variant-numeric:tabular-nums}
-td,th{padding:4px 12px;text-align:right;border-bottom:1px solid #e3e6eb}th:first-child,
-td:first-child{text-align:left}.low{color:#b00020;font-weight:600}
-"""
-
-
 def _html(title, subtitle, accuracy, count, scores, classes, calib, pngs) -> str:
     def img(name, alt):
-        data = base64.b64encode(pngs[name]).decode("ascii")
-        return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+        return img_tag(pngs[name], alt)
 
     worst = int(np.argmin(scores["f1"]))
     rows = "".join(
@@ -266,7 +239,7 @@ def _html(title, subtitle, accuracy, count, scores, classes, calib, pngs) -> str
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)}</title><style>{_CSS}</style></head>
+<title>{html.escape(title)}</title><style>{CSS}</style></head>
 <body><header><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p></header><main>
 <div class="cards">{card_html}</div>
 <section id="curves"><h2>Training curves</h2>{img("curves", "training curves")}</section>

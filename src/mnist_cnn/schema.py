@@ -17,6 +17,7 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from .errors import MnistCnnError
+from .spec import IMAGE_SIZE, STYLES, InputSpec, style_of_dataset
 
 MAX_CONFIG_BYTES = 1 << 20  # config.json is about 2 KB
 MAX_METRICS_BYTES = 64 << 20  # one line of ~250 bytes per epoch
@@ -24,7 +25,6 @@ MAX_METRICS_LINES = 100_000
 MAX_DEPTH = 16  # config.json nests 3 deep
 MAX_CLASSES = 1000
 MAX_NAME = 200  # characters of a class or dataset name
-IMAGE_SIZE = 28  # every model this tool trains, exports and serves takes 28 x 28 images
 IN_CHANNELS = 1
 ONNX_ARCHITECTURE = "CustomCNN"  # model.ARCHITECTURE, named here so ONNX paths need no torch
 
@@ -168,16 +168,6 @@ def in_range(value, low, high, source, name: str, *, closed_high: bool = True):
 # ---------------------------------------------------------------------------- config.json
 
 
-@dataclass(frozen=True)
-class DataSpec:
-    """config.json's "data": what the model's inputs and outputs mean."""
-
-    dataset: str
-    classes: tuple[str, ...]
-    mean: float
-    std: float
-
-
 def check_model_args(args, source, num_classes: int | None = None):
     """config.json's model.args as a ModelConfig, refused before any model is built unless it
     is the architecture this tool trains: 1 x 28 x 28 inputs, 2..1000 classes."""
@@ -210,7 +200,9 @@ def check_model_args(args, source, num_classes: int | None = None):
     return ModelConfig(**values)
 
 
-def check_data(data, source) -> DataSpec:
+def check_data(data, source) -> InputSpec:
+    """config.json's "data" as the model's input spec. Runs written before the image size and
+    preprocessing style were saved get 28 and their dataset's style."""
     if not isinstance(data, dict):
         fail(source, "data", f"expected an object, found {describe(data)}")
     dataset = field(data, "dataset", str, source, "data.")
@@ -221,7 +213,20 @@ def check_data(data, source) -> DataSpec:
     std = field(data, "std", float, source, "data.")
     if not 0 < std <= 1:
         fail(source, "data.std", f"{describe(std)}: must be in (0, 1] (pixels are 0..1)")
-    return DataSpec(dataset, classes, float(mean), float(std))
+    size = field(data, "image_size", int, source, "data.", default=IMAGE_SIZE)
+    style = field(data, "preprocessing", str, source, "data.", default=None)
+    return _spec(dataset, classes, float(mean), float(std), size, style, source, "data.")
+
+
+def _spec(dataset, classes, mean, std, size, style, source, prefix: str) -> InputSpec:
+    """The input spec, its image size and style checked; no style: the dataset's (old files)."""
+    if size != IMAGE_SIZE:
+        fail(source, prefix + "image_size", f"{describe(size)}: models here take {IMAGE_SIZE}")
+    if style is None:
+        style = style_of_dataset(dataset)
+    elif style not in STYLES:
+        fail(source, prefix + "preprocessing", f"{describe(style)}, not one of {', '.join(STYLES)}")
+    return InputSpec(dataset, classes, mean, std, size, style)
 
 
 def check_classes(classes, source, name: str) -> tuple[str, ...]:
@@ -237,8 +242,8 @@ def check_classes(classes, source, name: str) -> tuple[str, ...]:
     return tuple(classes)
 
 
-def check_run_config(config, source) -> tuple[typing.Any, DataSpec]:
-    """Check a parsed config.json; returns (ModelConfig, DataSpec)."""
+def check_run_config(config, source) -> tuple[typing.Any, InputSpec]:
+    """Check a parsed config.json; returns (ModelConfig, InputSpec)."""
     from .model import ARCHITECTURE
 
     if not isinstance(config, dict):
@@ -334,18 +339,9 @@ def parse_metrics(data: bytes, source) -> list[dict]:
 # ---------------------------------------------------------------------------- ONNX metadata
 
 
-@dataclass(frozen=True)
-class OnnxMetadata:
-    """What an exported model carries besides its graph (all strings in the ONNX file)."""
-
-    classes: tuple[str, ...]
-    mean: float
-    std: float
-    dataset: str
-    architecture: str
-
-
-def check_onnx_metadata(meta: dict[str, str], source) -> OnnxMetadata:
+def check_onnx_metadata(meta: dict[str, str], source) -> InputSpec:
+    """An exported model's input spec from its metadata (exports older than the image size and
+    style entries get 28 and their dataset's style); the architecture, if named, checked."""
     missing = [k for k in ("classes", "mean", "std") if k not in meta]
     if missing:
         fail(source, "", f"not exported by mnist-cnn (no {', '.join(missing)} metadata)")
@@ -369,7 +365,14 @@ def check_onnx_metadata(meta: dict[str, str], source) -> OnnxMetadata:
     architecture = meta.get("architecture", ONNX_ARCHITECTURE)
     if architecture != ONNX_ARCHITECTURE:
         fail(source, "metadata architecture", f"{describe(architecture)}, not {ONNX_ARCHITECTURE}")
-    return OnnxMetadata(classes, numbers["mean"], numbers["std"], dataset, architecture)
+    try:
+        size = int(meta.get("image_size", str(IMAGE_SIZE))[:20])
+    except (TypeError, ValueError):
+        fail(source, "metadata image_size", f"not a whole number: {describe(meta['image_size'])}")
+    style = meta.get("preprocessing")
+    return _spec(
+        dataset, classes, numbers["mean"], numbers["std"], size, style, source, "metadata "
+    )
 
 
 # ---------------------------------------------------------------------------- state.pt

@@ -24,7 +24,6 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -59,6 +58,7 @@ from .preprocessing import (
     open_image,
     to_mnist,
 )
+from .spec import ModelInfo
 
 log = logging.getLogger("mnist_cnn.serve")
 
@@ -117,43 +117,9 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
-@dataclass
-class ModelInfo:
-    architecture: str
-    dataset: str
-    classes: list[str]
-    test_accuracy: float | None
-    parameters: int | None
-    runtime: str
-    mean: float
-    std: float
-
-
 def model_info(predictor) -> ModelInfo:
     """What ``GET /v1/model`` says about the model behind ``predictor``."""
-    model = predictor.model
-    if hasattr(model, "session"):  # an exported .onnx on ONNX Runtime
-        meta = model.metadata
-        accuracy = _float_or_none(meta.get("test_accuracy"))
-        parameters = int(meta["parameters"]) if meta.get("parameters", "").isdigit() else None
-        architecture, runtime = meta.get("architecture", "CustomCNN"), "onnxruntime"
-    else:
-        from .model import count_parameters
-
-        metrics = model.config.get("metrics") or {}
-        accuracy = _float_or_none(metrics.get("test_accuracy"))
-        parameters = count_parameters(model.model)
-        architecture, runtime = model.config["model"]["architecture"], "pytorch"
-    return ModelInfo(
-        architecture,
-        model.dataset,
-        list(model.classes),
-        accuracy,
-        parameters,
-        runtime,
-        float(model.mean),
-        float(model.std),
-    )
+    return predictor.model.describe()
 
 
 def _model_labels(info: ModelInfo) -> dict[str, str]:
@@ -163,13 +129,6 @@ def _model_labels(info: ModelInfo) -> dict[str, str]:
         "runtime": info.runtime,
         "classes": str(len(info.classes)),
     }
-
-
-def _float_or_none(value) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 class Batcher:

@@ -221,6 +221,7 @@ def _run_config(config, data, splits, model, device, history, started) -> dict:
             "mean": data.info.mean,
             "std": data.info.std,
             "image_size": model.config.image_size,
+            "preprocessing": data.info.preprocessing,  # the style people's images get
             "source": str(data.source),
             "train_size": len(splits.train_x),
             "val_size": 0 if splits.val is None else len(splits.val[0]),
