@@ -330,7 +330,7 @@ def onnx_mutations(base: Base) -> list[Mutation]:
         onnx.save(changed, str(folder / "model.onnx"))
 
     out = [Mutation("onnx", "model.onnx", "NaN weight", nan_initializer)]
-    for key in ("classes", "mean", "std", "dataset", "architecture"):
+    for key in ("classes", "mean", "std", "dataset", "architecture", "image_size", "preprocessing"):
         kinds = {"wrong type": '{"a": 1}', "missing": DELETE, "huge": "9" * 100_000,
                  "negative": "-1", "NaN": "nan", "nested": "[" * 5000 + "]" * 5000,
                  "three classes": '["a", "b", "c"]', "not JSON": "[1,"}  # fmt: skip

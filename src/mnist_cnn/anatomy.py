@@ -47,16 +47,20 @@ class SharingRow:
         return self.dense_parameters / self.conv_parameters
 
 
-def _kind(module: nn.Module) -> str:
+def _kind(module: nn.Module, short: bool = False) -> str:
+    """A step as the layer table names it ("Conv2d 1->32, 3x3, stride 1, pad 1"), or ``short``
+    as the seed's summary does ("Conv2d(1->32, 3x3)", "MaxPool(2, pad 1)")."""
     if isinstance(module, nn.Conv2d):
         k, s, p = module.kernel_size[0], module.stride[0], module.padding[0]
-        return f"Conv2d {module.in_channels}->{module.out_channels}, {k}x{k}, stride {s}, pad {p}"
+        io = f"{module.in_channels}->{module.out_channels}, {k}x{k}"
+        return f"Conv2d({io})" if short else f"Conv2d {io}, stride {s}, pad {p}"
     if isinstance(module, nn.MaxPool2d):
-        pad = f", pad {module.padding}" if module.padding else ""
-        return f"MaxPool2d {module.kernel_size}x{module.kernel_size}, stride {module.stride}{pad}"
+        k, pad = module.kernel_size, f", pad {module.padding}" if module.padding else ""
+        return f"MaxPool({k}{pad})" if short else f"MaxPool2d {k}x{k}, stride {module.stride}{pad}"
     if isinstance(module, nn.Linear):
-        return f"Linear {module.in_features}->{module.out_features}"
-    if isinstance(module, nn.Dropout):
+        io = f"{module.in_features}->{module.out_features}"
+        return f"Linear({io})" if short else f"Linear {io}"
+    if isinstance(module, nn.Dropout) and not short:
         return f"Dropout p={module.p}"
     return type(module).__name__
 
@@ -112,29 +116,16 @@ def summarize(model: CustomCNN) -> list[LayerSummary]:
     """Each of the seed's layers with its input and output shape and parameter count: the
     :func:`layer_table` rows grouped by layer."""
     c = model.config
-    shape = (c.in_channels, c.image_size, c.image_size)
+    shape: tuple[int, ...] = (c.in_channels, c.image_size, c.image_size)
     modules = dict(model.named_stages())
     layers = []
     for layer, group in groupby(layer_table(model), key=lambda r: r.name.split(".")[0]):
         rows = list(group)
-        what = " ".join(_short(modules[r.name]) for r in rows)
+        what = " ".join(_kind(modules[r.name], short=True) for r in rows)
         params = sum(r.parameters for r in rows)
         layers.append(LayerSummary(layer, what, shape, rows[-1].output_shape, params))
         shape = rows[-1].output_shape
     return layers
-
-
-def _short(module: nn.Module) -> str:
-    """A step as the seed's summary names it: "Conv2d(1->32, 3x3)", "MaxPool(2, pad 1)"."""
-    if isinstance(module, nn.Conv2d):
-        k = module.kernel_size[0]
-        return f"Conv2d({module.in_channels}->{module.out_channels}, {k}x{k})"
-    if isinstance(module, nn.MaxPool2d):
-        pad = f", pad {module.padding}" if module.padding else ""
-        return f"MaxPool({module.kernel_size}{pad})"
-    if isinstance(module, nn.Linear):
-        return f"Linear({module.in_features}->{module.out_features})"
-    return type(module).__name__
 
 
 def format_summary(model: CustomCNN) -> str:

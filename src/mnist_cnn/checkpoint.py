@@ -18,8 +18,7 @@ import io
 import json
 import os
 import platform
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -217,11 +216,11 @@ class TrainedModel(SpecFields):
     model: CustomCNN
     config: dict
     run_dir: Path
+    spec: InputSpec = field(init=False, repr=False, compare=False)
 
-    @cached_property
-    def spec(self) -> InputSpec:
-        """config.json's "data" (an older run's without a style: its dataset's)."""
-        return schema.check_data(self.config["data"], self.run_dir / CONFIG_FILE)
+    def __post_init__(self):
+        # config.json's "data" (an older run's without a style: its dataset's)
+        self.spec = schema.check_data(self.config["data"], self.run_dir / CONFIG_FILE)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(N, 28, 28) images (uint8, or float in 0..1) -> (N, classes) probabilities."""

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import eval_mode
+from .model import CustomCNN, eval_mode
 
 
 def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -70,7 +70,7 @@ def evaluate(
 
 @torch.inference_mode()
 def predict_probabilities(
-    model: nn.Module, images: torch.Tensor, *, mean: float, std: float, batch_size: int = 1000
+    model: CustomCNN, images: torch.Tensor, *, mean: float, std: float, batch_size: int = 1000
 ) -> torch.Tensor:
     """Class probabilities (N, classes) on the CPU for ``images`` (N, 28, 28), uint8 or float
     in 0..1, in batches: :meth:`CustomCNN.predict_proba` of each normalized batch."""

@@ -12,7 +12,6 @@ import numpy as np
 
 from .errors import MnistCnnError
 from .preprocessing import DEFAULT_MAX_PIXELS, Preprocessed, load_image, to_mnist
-from .spec import Model
 
 IMAGE_SUFFIXES = {
     ".png",
@@ -45,8 +44,9 @@ class Predictor:
     ``{"file", "error"}`` for an image that could not be used.
     """
 
-    def __init__(self, model: Model, max_pixels: int = DEFAULT_MAX_PIXELS):
-        """``model`` is a TrainedModel (PyTorch) or an OnnxModel (ONNX Runtime)."""
+    def __init__(self, model, max_pixels: int = DEFAULT_MAX_PIXELS):
+        """``model`` is a :class:`spec.Model`: a TrainedModel (PyTorch) or an OnnxModel (ONNX
+        Runtime)."""
         self.model = model
         self.spec = model.spec
         self.classes = list(self.spec.classes)

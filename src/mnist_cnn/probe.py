@@ -112,20 +112,6 @@ def correct_under(
     return torch.cat(right) if right else torch.zeros(0, dtype=torch.bool)
 
 
-def accuracy_under(
-    model: CustomCNN,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    transform,
-    mean: float,
-    std: float,
-    batch: int = 1000,
-) -> float:
-    """Test accuracy when every image (uint8 (N, 1, H, W)) first goes through ``transform``
-    (on 0..1 pixels, before normalization)."""
-    return float(correct_under(model, images, labels, transform, mean, std, batch).float().mean())
-
-
 def _mean(values: torch.Tensor) -> float:
     return float(values.float().mean()) if len(values) else float("nan")
 
@@ -167,7 +153,7 @@ def probe_rotate(model, images, labels, mean, std, angles=range(-45, 46, 5)) -> 
     out of the frame (little: MNIST's corners are empty)."""
     angles = list(angles)
     acc = [
-        accuracy_under(model, images, labels, lambda t, a=a: rotate_images(t, a), mean, std)
+        _mean(correct_under(model, images, labels, partial(rotate_images, degrees=a), mean, std))
         for a in angles
     ]
     lost = [_mean(ink_lost_by_rotation(images, a)) for a in angles]
