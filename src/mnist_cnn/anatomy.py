@@ -55,8 +55,8 @@ def _kind(module: nn.Module, short: bool = False) -> str:
         io = f"{module.in_channels}->{module.out_channels}, {k}x{k}"
         return f"Conv2d({io})" if short else f"Conv2d {io}, stride {s}, pad {p}"
     if isinstance(module, nn.MaxPool2d):
-        k, pad = module.kernel_size, f", pad {module.padding}" if module.padding else ""
-        return f"MaxPool({k}{pad})" if short else f"MaxPool2d {k}x{k}, stride {module.stride}{pad}"
+        w, pad = module.kernel_size, f", pad {module.padding}" if module.padding else ""
+        return f"MaxPool({w}{pad})" if short else f"MaxPool2d {w}x{w}, stride {module.stride}{pad}"
     if isinstance(module, nn.Linear):
         io = f"{module.in_features}->{module.out_features}"
         return f"Linear({io})" if short else f"Linear {io}"
