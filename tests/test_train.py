@@ -182,6 +182,19 @@ def test_resume_rejects_another_architecture_and_a_broken_state(tiny_data, tmp_p
     assert "'LeNet5', not CustomCNN" in err and "Traceback" not in err
 
 
+def test_resume_refuses_a_generator_state_mt19937_rejects(tiny_data, tmp_path, capsys):
+    """The right shape and dtype, but no state of the generator (its position 'left' is 0):
+    one line naming the field, not PyTorch's traceback."""
+    run = train(config(tiny_data, tmp_path, epochs=1)).run_dir
+    state = torch.load(run / "state.pt", weights_only=True)
+    state["rng"]["torch"][8:12] = 0  # mt19937's 'left', after the 8-byte seed: must be 1..624
+    torch.save(state, run / "state.pt")
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "rng.torch: not a state of PyTorch's random-number generator" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("recipe", ["reference", "fast", "best", "gpu"])
 def test_each_recipe_runs_end_to_end(recipe, tiny_data, tmp_path):
     from mnist_cnn.training import RECIPES

@@ -126,10 +126,20 @@ def restore_state(state: dict, path: Path, model, optimizer, scheduler, rng_now:
             schema.fail(path, "rng_ranks", f"expected a list of RNG states, found {ranks!r:.60}")
         for i, r in enumerate(ranks):
             schema.same_structure(r, state["rng"], path, f"rng_ranks[{i}]")
+    for i, r in enumerate([rng, *(ranks or [])]):
+        _check_generator_state(r["torch"], path, "rng.torch" if i == 0 else f"rng_ranks[{i - 1}]")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
+
+
+def _check_generator_state(saved: torch.Tensor, path: Path, name: str) -> None:
+    """A CPU generator state of the right shape can still be no state mt19937 accepts."""
+    try:
+        torch.Generator().set_state(saved)
+    except RuntimeError:
+        schema.fail(path, name, "not a state of PyTorch's random-number generator")
 
 
 def _check_optimizer(saved, optimizer, path: Path) -> None:
