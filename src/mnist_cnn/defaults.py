@@ -60,7 +60,8 @@ def at_least(low: int) -> Range:
 
 
 def between(low: float, high: float, unit: str = "", *, low_open: bool = False) -> Range:
-    return Range(low, high, f"between {low:g} and {high:g}{unit}", low_open=low_open)
+    shown = [f"{x:g}" if isinstance(x, float) else str(x) for x in (low, high)]
+    return Range(low, high, f"between {shown[0]} and {shown[1]}{unit}", low_open=low_open)
 
 
 POSITIVE = Range(0, math.inf, "a positive number", low_open=True, high_open=True)  # finite
