@@ -2,13 +2,14 @@
 checks ranges with the library's own, and the resume rule holds for library callers too."""
 
 import json
+import subprocess
+import sys
 from dataclasses import asdict, fields, replace
 
 import pytest
 
-from mnist_cnn import TrainConfig, train
+from mnist_cnn import ConfigError, TrainConfig, train
 from mnist_cnn.cli import build_parser, flag, main
-from mnist_cnn.errors import ConfigError
 from mnist_cnn.export import check_request
 from mnist_cnn.recipes import RANGES
 from mnist_cnn.training import RESUMABLE
@@ -152,3 +153,22 @@ def test_train_refuses_to_resume_with_a_changed_learning_rate(tiny_data, tmp_pat
     assert [r["epoch"] for r in two.history] == [1, 2]
     saved = json.loads((run / "config.json").read_text())["training"]
     assert saved == asdict(replace(config, epochs=2))
+
+
+def test_help_shows_the_defaults_without_importing_what_uses_them():
+    code = (
+        "import sys\n"
+        "from mnist_cnn.cli import main\n"
+        "for command in ('train', 'serve', 'predict', 'export'):\n"
+        "    try:\n"
+        "        main([command, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = {'torch', 'fastapi', 'uvicorn', 'onnxruntime', 'PIL'} & set(sys.modules)\n"
+        "assert not heavy, f'imported {heavy}'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    shown = " ".join(out.stdout.split())  # help wraps with the terminal's width
+    assert "(16 megapixels)" in shown and "(default 40 megapixels)" in shown
+    assert "missing process (300)" in shown and "{onnx,exported-program}" in shown

@@ -98,13 +98,13 @@ class TrainConfig:
                 raise ConfigError(name, allowed.refusal)
         if not isinstance(self.augment, bool) and self.augment not in KINDS:
             raise ConfigError("augment", f"must be true, false or one of {', '.join(KINDS)}")
-        for name, allowed in (
+        for name, choices in (
             ("optimizer", OPTIMIZERS),
             ("schedule", SCHEDULES),
             ("precision", PRECISIONS),
         ):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(name, f"must be one of {', '.join(allowed)}")
+            if getattr(self, name) not in choices:
+                raise ConfigError(name, f"must be one of {', '.join(choices)}")
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise ConfigError(
                 "tensorboard", "needs the tensorboard package: pip install 'mnist-cnn[tensorboard]'"
