@@ -156,6 +156,11 @@ def _log(line: str) -> None:
     print(line, flush=True)  # one line per epoch shows at once, also when piped to a file
 
 
+def _setting(field: str, kind: Callable[[str], float] = int) -> Callable[[str], float]:
+    """The ``type=`` of a TrainConfig number: checked against the range TrainConfig checks."""
+    return checked(kind, RANGES[field])
+
+
 def _add_train(sub) -> None:
     t = sub.add_parser(
         "train",
@@ -170,18 +175,23 @@ def _add_train(sub) -> None:
         help="reference (default: the seed's lab), fast (>= 99%% in about a minute "
         "on a laptop CPU) or best (augmentation, longer); flags override it",
     )
-    count = checked(int, COUNT)
-    t.add_argument("--epochs", type=count, help="epochs to train (default 15)")
-    t.add_argument("--batch-size", type=count, help="images per step (default 100)")
+    t.add_argument("--epochs", type=_setting("epochs"), help="epochs to train (default 15)")
+    t.add_argument(
+        "--batch-size", type=_setting("batch_size"), help="images per step (default 100)"
+    )
     t.add_argument(
         "--lr",
-        type=checked(float, RANGES["lr"]),
+        type=_setting("lr", float),
         help="Adam learning rate, the peak of onecycle (1e-3)",
     )
     t.add_argument("--optimizer", choices=OPTIMIZERS, help="adam (default) or sgd (plain SGD)")
     t.add_argument("--schedule", choices=SCHEDULES, help="learning rate schedule (constant)")
-    fraction = checked(float, RANGES["dropout"])
-    t.add_argument("--label-smoothing", type=fraction, metavar="EPS", help="default 0")
+    t.add_argument(
+        "--label-smoothing",
+        type=_setting("label_smoothing", float),
+        metavar="EPS",
+        help="default 0",
+    )
     t.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
@@ -202,7 +212,7 @@ def _add_train(sub) -> None:
         default=None,
         help="torch.compile the model for training (pays off on GPUs)",
     )
-    t.add_argument("--seed", type=checked(int, RANGES["seed"]), help="random seed (default 777)")
+    t.add_argument("--seed", type=_setting("seed"), help="random seed (default 777)")
     t.add_argument("--device", choices=DEVICES, help="where to train (default auto)")
     t.add_argument("--out", metavar="DIR", help="folder for run directories (default runs)")
     t.add_argument("--name", help="run directory name (default <dataset>-<date>-<time>)")
@@ -213,16 +223,21 @@ def _add_train(sub) -> None:
         default=None,
         help="bitwise-repeatable kernels (resumed runs match uninterrupted ones)",
     )
-    t.add_argument("--limit-train", type=count, metavar="N", help="train on the first N images")
+    t.add_argument(
+        "--limit-train",
+        type=_setting("limit_train"),
+        metavar="N",
+        help="train on the first N images",
+    )
     t.add_argument(
         "--val-size",
-        type=checked(int, RANGES["val_size"]),
+        type=_setting("val_size"),
         metavar="N",
         help="hold out N training images as a validation split (default 0)",
     )
     t.add_argument(
         "--dropout",
-        type=fraction,
+        type=_setting("dropout", float),
         metavar="P",
         help="dropout of layer4's units (default 0.5, as in the seed)",
     )
@@ -245,7 +260,7 @@ def _add_train(sub) -> None:
         default=None,
         help="also log to RUN/tensorboard: tensorboard --logdir runs",
     )
-    t.add_argument("--eval-batch-size", type=count, help=argparse.SUPPRESS)
+    t.add_argument("--eval-batch-size", type=_setting("eval_batch_size"), help=argparse.SUPPRESS)
     t.set_defaults(func=_cmd_train)
 
 
