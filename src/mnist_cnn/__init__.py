@@ -21,7 +21,7 @@ _EXPORTS = {
     "checkpoint": ["TrainedModel", "load_run", "save_weights"],
     "datasets": ["DATASETS", "Dataset", "DatasetInfo", "get_dataset_info"],
     "download": ["fetch", "load_dataset", "verify_folder"],
-    "errors": ["MnistCnnError"],
+    "errors": ["ConfigError", "MnistCnnError"],
     "evaluation": ["EvalResult", "evaluate", "normalize"],
     "idx": ["load_idx"],
     "model": ["CustomCNN", "ModelConfig", "count_parameters", "eval_mode"],
@@ -46,6 +46,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "DATASETS",
+    "ConfigError",
     "CustomCNN",
     "Dataset",
     "DatasetInfo",

@@ -27,7 +27,7 @@ def explain(trained, pre, out_dir, name: str = "image", top_k: int = 5) -> dict:
     ``trained`` is a TrainedModel, ``pre`` the Preprocessed image (its ``steps["input"]`` is
     the grayscale input before preprocessing). Returns what explanation.json holds.
     """
-    out = prepare_output(out_dir, "--out")
+    out = prepare_output(out_dir)
     model = trained.model
     device = next(model.parameters()).device
     x = normalize(torch.from_numpy(pre.image[None]).to(device), trained.mean, trained.std)

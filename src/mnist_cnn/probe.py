@@ -205,7 +205,7 @@ def format_probe(result: dict) -> str:
 
 def write_probe(result: dict, out_dir) -> Path:
     """DIR/probe-<kind>.png and .json for a probe result; returns the PNG's path."""
-    out = prepare_output(out_dir, "--out")
+    out = prepare_output(out_dir)
     fig = _plot_shift(result) if result["kind"] == "shift" else _plot_rotation(result)
     png = out / f"probe-{result['kind']}.png"
     atomic_write_bytes(png, png_bytes(fig))
