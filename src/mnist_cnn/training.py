@@ -348,15 +348,13 @@ def _train(config, resume, saved, device, ranks: Ranks, log, progress, lock) -> 
         record = _train_epoch(run, splits, config, epoch, ranks, progress)
         record.update(_eval_record(run.model, splits, data, config, ranks))
         run.history.append(record)
-        state = _checkpoint_state(run, ranks)
-        run_config = _run_config(config, data, splits, run, started)
         ranks.on_main(
             write_checkpoint,
             run_dir,
-            config=run_config,
+            config=_run_config(config, data, splits, run, started),
             history=run.history,
             model=run.model,
-            state=state,
+            state=_checkpoint_state(run, ranks),  # on every rank: it gathers their RNG states
         )
         ranks.on_main(run_log.epoch, record, run.model, run.optimizer.param_groups[0]["lr"])
         log(format_epoch(record, config.epochs))
@@ -540,7 +538,7 @@ def _eval_record(model, splits: _Splits, data: Dataset, config: TrainConfig, ran
     """Test (and validation) accuracy and loss; with several ranks each evaluates its own
     slice and the figures are pooled, so every rank gets the whole set's."""
 
-    def run(images, labels) -> tuple[float, float]:
+    def score(images, labels) -> tuple[float, float]:
         images, labels = ranks.shard(images), ranks.shard(labels)
         if not len(images):  # more ranks than images
             return ranks.pool(0.0, 0.0, 0)
@@ -557,9 +555,9 @@ def _eval_record(model, splits: _Splits, data: Dataset, config: TrainConfig, ran
 
     record: dict = {}
     if splits.val is not None:
-        accuracy, loss = run(*splits.val)
+        accuracy, loss = score(*splits.val)
         record.update(val_loss=loss, val_accuracy=accuracy)
-    accuracy, loss = run(*splits.test)
+    accuracy, loss = score(*splits.test)
     record.update(test_loss=loss, test_accuracy=accuracy)
     return record
 
