@@ -97,14 +97,13 @@ class Ranks:
 class DistributedRanks(Ranks):
     """This process's place among the ranks torchrun started, joined in a process group."""
 
-    # field(): required here, rather than defaulting to the base's world of one
+    # field(): required here, rather than defaulting to the base's world of one. ``device``
+    # holds the collectives' tensors (NCCL's must be on this rank's GPU).
     rank: int = field()
     world_size: int = field()
     local_rank: int = field()
     backend: str = field()
-    device: torch.device = (
-        field()
-    )  # where collectives put their tensors (NCCL needs the rank's GPU)
+    device: torch.device = field()
 
     def shard(self, rows: torch.Tensor) -> torch.Tensor:
         """This rank's contiguous slice of a global batch (slices differ by at most one row)."""
