@@ -11,7 +11,7 @@ import importlib.util
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -45,14 +45,17 @@ from .device import (
 )
 from .distributed import Ranks
 from .download import load_dataset
-from .errors import MnistCnnError
+from .errors import ConfigError, MnistCnnError
 from .evaluation import evaluate
 from .files import atomic_write_json, remove_stale_temp_files
 from .locks import DirectoryLock
 from .model import ARCHITECTURE, CustomCNN, ModelConfig, count_parameters
-from .recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
+from .recipes import OPTIMIZERS, PRECISIONS, RANGES, RECIPES, SCHEDULES
 from .run_log import RunLog
 from .schema import typed_fields
+
+# Settings a resumed run may change: where and how it runs and reports, never what it computes.
+RESUMABLE = ("epochs", "device", "data_dir", "tensorboard", "eval_batch_size")
 
 
 @dataclass
@@ -90,32 +93,51 @@ class TrainConfig:
         return cls(**{**RECIPES[recipe], "recipe": recipe, **overrides})
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise MnistCnnError(f"--{name.replace('_', '-')} must be at least 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise MnistCnnError("--lr must be a positive number")
-        if self.limit_train is not None and self.limit_train < 1:
-            raise MnistCnnError("--limit-train must be at least 1")
-        if not 0 <= self.seed < 2**32:
-            raise MnistCnnError("--seed must be between 0 and 2**32 - 1")
-        if self.val_size < 0:
-            raise MnistCnnError("--val-size must not be negative")
-        if not 0 <= self.label_smoothing < 1:
-            raise MnistCnnError("--label-smoothing must be in [0, 1)")
-        if not 0 <= self.dropout < 1:
-            raise MnistCnnError("--dropout must be in [0, 1)")
+        """Refuse, with a ConfigError naming the field, a setting no run can have."""
+        for name, allowed in RANGES.items():
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ConfigError(name, allowed.refusal)
         if not isinstance(self.augment, bool) and self.augment not in KINDS:
-            raise MnistCnnError(f"augment must be true, false or one of {', '.join(KINDS)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise MnistCnnError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
-        for name, allowed in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
-            if getattr(self, name) not in allowed:
-                raise MnistCnnError(f"--{name} must be one of {', '.join(allowed)}")
+            raise ConfigError("augment", f"must be true, false or one of {', '.join(KINDS)}")
+        for name, choices in (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("precision", PRECISIONS),
+        ):
+            if getattr(self, name) not in choices:
+                raise ConfigError(name, f"must be one of {', '.join(choices)}")
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
-            raise MnistCnnError(
-                "--tensorboard needs the tensorboard package: pip install 'mnist-cnn[tensorboard]'"
+            raise ConfigError(
+                "tensorboard", "needs the tensorboard package: pip install 'mnist-cnn[tensorboard]'"
             )
+
+    def resumed(self, **changes) -> TrainConfig:
+        """These saved settings with ``changes``, to continue their run exactly as if it had
+        never stopped: a ConfigError for any other change than RESUMABLE's, and for ``epochs``
+        where the learning rate schedule was planned over the run's own epochs."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"TrainConfig has no settings {', '.join(sorted(unknown))}")
+        changed = [n for n, v in changes.items() if n not in RESUMABLE and getattr(self, n) != v]
+        if changed:
+            first, rest = changed[0], changed[1:]
+            raise ConfigError(
+                first,
+                lambda name: (
+                    f"cannot change on resume (the run's is {getattr(self, first)!r})"
+                    + "".join(f"; nor can {name(n)}" for n in rest)
+                    + f"; only {', '.join(name(n) for n in RESUMABLE)} can change"
+                ),
+            )
+        epochs = changes.get("epochs", self.epochs)
+        if self.schedule != "constant" and epochs != self.epochs:
+            raise ConfigError(
+                "epochs",
+                f"cannot change on resume: the run's {self.schedule} schedule was planned for "
+                f"{self.epochs} epochs",
+            )
+        return replace(self, **changes)
 
     @classmethod
     def from_dict(cls, d: dict, source="config.json") -> TrainConfig:
@@ -149,7 +171,7 @@ def _make_splits(data: Dataset, config: TrainConfig, device: torch.device) -> _S
     val = None
     if config.val_size:
         if config.val_size >= len(images):
-            raise MnistCnnError(f"--val-size {config.val_size} leaves no training images")
+            raise ConfigError("val_size", f"{config.val_size} leaves no training images")
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed))
         held, kept = order[: config.val_size], order[config.val_size :].sort().values
         val = (images[held].to(device), labels[held].to(device))
@@ -188,11 +210,15 @@ def _new_run_dir(config: TrainConfig) -> Path:
     out = Path(config.out)
     if config.name is not None:
         if "/" in config.name or config.name in ("", ".", ".."):
-            raise MnistCnnError(f"--name {config.name!r} must be a plain folder name")
+            raise ConfigError("name", f"{config.name!r} must be a plain folder name")
         run_dir = out / config.name
         if run_dir.exists():
-            raise MnistCnnError(
-                f"{run_dir} already exists: pick another --name, or --resume {run_dir}"
+            raise ConfigError(
+                "name",
+                lambda name: (
+                    f"{config.name!r}: {run_dir} already exists; pick another, "
+                    f"or {name('resume')} {run_dir}"
+                ),
             )
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -287,8 +313,8 @@ def train(
 ) -> TrainResult:
     """Train CustomCNN as ``config`` says, or continue the run in ``resume`` from its last epoch.
 
-    When resuming, ``config`` (if given) replaces the saved settings; pass the saved ones with
-    only ``epochs``/``device``/``data_dir`` changed. ``log`` receives one line per event.
+    When resuming, ``config`` (if given) may differ from the saved settings only where
+    ``TrainConfig.resumed`` allows (``epochs``, ``device``...). ``log`` receives one line per event.
     Launched by ``torchrun`` with several processes, it trains with DistributedDataParallel
     (``dist_backend``: gloo on CPU, NCCL on CUDA); only rank 0 logs and writes the run.
     """
@@ -296,7 +322,9 @@ def train(
     saved = None
     if resume is not None:
         saved, saved_config = load_train_config(resume)
-        config = config or saved_config
+        given = asdict(config) if config is not None else {}
+        changes = {k: v for k, v in given.items() if v != getattr(saved_config, k)}
+        config = saved_config.resumed(**changes)
     config = config or TrainConfig()
     config.validate()
     device = select_device(config.device)
@@ -332,8 +360,6 @@ def _train(config, resume, saved, device, ranks: Ranks, log, progress, lock) -> 
         data = load_dataset(config.dataset, config.data_dir, progress=progress)
     splits = _make_splits(data, config, device)
     run = _new_run(config, data, splits, device, ranks)
-    if resume is not None:
-        _check_schedule_unchanged(config, saved, resume)
     ranks.seed_streams(config.seed)  # dropout and augmentation differ between ranks, as they should
     if resume is None:
         started = _now()
@@ -360,15 +386,6 @@ def _train(config, resume, saved, device, ranks: Ranks, log, progress, lock) -> 
         log(format_epoch(record, config.epochs))
     ranks.on_main(run_log.finish, run.model, splits.test, data.info, config.eval_batch_size)
     return TrainResult(run_dir=run_dir, model=run.model, history=run.history)
-
-
-def _check_schedule_unchanged(config: TrainConfig, saved: dict, resume) -> None:
-    planned = saved["training"].get("epochs")
-    if config.schedule != "constant" and planned != config.epochs:
-        raise MnistCnnError(
-            f"--epochs cannot change on resume: the {config.schedule} schedule of {resume} "
-            f"was planned for {planned} epochs"
-        )
 
 
 def _create_run_dir(config, data, splits, run: _Run, started: str, lock: _RunLock) -> Path:
