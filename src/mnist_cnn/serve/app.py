@@ -26,6 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
+from ..defaults import SERVE_MAX_BODY as DEFAULT_MAX_BODY
+from ..defaults import SERVE_MAX_PIXELS as DEFAULT_MAX_PIXELS
 from ..metrics import Metrics
 from ..preprocessing import ImageError
 from . import model as served_model
@@ -36,9 +38,6 @@ from .model import ModelInfo, model_info, model_labels
 from .static import add_page
 
 log = logging.getLogger("mnist_cnn.serve")
-
-DEFAULT_MAX_BODY = 5 * 1024 * 1024  # bytes
-DEFAULT_MAX_PIXELS = 16_000_000  # a 16-megapixel phone photo; larger uploads are refused
 
 
 def create_app(

@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 
 import numpy as np
 
-log = logging.getLogger("mnist_cnn.serve")
+from ..defaults import SERVE_BATCH_WAIT as DEFAULT_BATCH_WAIT
+from ..defaults import SERVE_MAX_BATCH as DEFAULT_MAX_BATCH
 
-DEFAULT_BATCH_WAIT = 0.002  # seconds to wait for more requests while others are arriving
-DEFAULT_MAX_BATCH = 64
+log = logging.getLogger("mnist_cnn.serve")
 
 
 class Batcher:

@@ -13,13 +13,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MnistCnnError
+from ..defaults import SERVE_RUNTIMES as RUNTIMES
+from ..errors import ConfigError, MnistCnnError
 from ..onnx_model import OnnxModel
 from ..predict import Predictor
 
 log = logging.getLogger("mnist_cnn.serve")
 
-RUNTIMES = ("auto", "onnxruntime", "pytorch")
 PROBE_IMAGES = 64  # random images the exported model must agree on with PyTorch
 
 
@@ -66,7 +66,7 @@ def load(
     if why_not is None:
         return Predictor(ExportedRun(export_checked(predictor.model), predictor.model, threads))
     if runtime == "onnxruntime":
-        raise MnistCnnError(f"--runtime onnxruntime: {why_not}")
+        raise ConfigError("runtime", f"onnxruntime: {why_not}")
     log.info("serving on PyTorch (%s)", why_not)
     return predictor
 

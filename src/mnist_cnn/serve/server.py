@@ -10,7 +10,7 @@ import socket
 import tempfile
 from typing import Any
 
-from ..errors import MnistCnnError
+from ..errors import ConfigError, MnistCnnError
 from ..metrics import MULTIPROCESS_DIR
 from . import model as served_model
 from .app import DEFAULT_MAX_BODY, create_app
@@ -34,7 +34,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        raise MnistCnnError(f"--host {host}: {e.strerror}") from None
+        raise ConfigError("host", f"{host}: {e.strerror}") from None
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
