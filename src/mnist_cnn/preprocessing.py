@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from . import ink as ink_
 from .errors import MnistCnnError
@@ -270,11 +271,14 @@ def _stretch(ink: np.ndarray, threshold: float) -> tuple[np.ndarray, float, floa
     (the ink so stretched, the paper's noise floor, the strokes' level)."""
     mask = ink > threshold
     paper = ink[~mask]  # mostly background, plus the strokes' faint fringe
+    floor = 0.0
     if paper.size:
-        median = _quantile(paper, 50)
-        floor = median + 3 * 1.4826 * _quantile(np.abs(paper - median), 50)  # noise level
-    else:
-        floor = 0.0
+        # the ink is >= 0 and 0 away from the digit: where most of the paper is exactly 0, so
+        # are its median and its median deviation, with no partition of the whole crop
+        lit = paper[paper > 0]
+        if 2 * lit.size >= paper.size:
+            median = _quantile(paper, 50)
+            floor = median + 3 * 1.4826 * _quantile(np.abs(paper - median), 50)  # noise level
     scale = _quantile(ink[mask], 95) if mask.any() else float(ink.max())
     return np.clip((ink - floor) / max(scale - floor, 1e-6), 0, 1).astype(np.float32), floor, scale
 
@@ -355,8 +359,10 @@ def _background(x: np.ndarray, blocks: int = 8) -> np.ndarray:
 def _otsu(values: np.ndarray, bins: int = 256) -> float:
     """The threshold that best separates ink from background (Otsu's method)."""
     top = max(float(values.max()), 1e-6)
-    index = np.minimum((values.ravel() * (bins / top)).astype(np.intp), bins - 1)
-    hist = np.bincount(index, minlength=bins).astype(np.float64)  # np.histogram, but cheaper
+    index = (values.ravel() * (bins / top)).astype(np.intp)  # 0 .. bins (the top value)
+    hist = np.bincount(index, minlength=bins + 1).astype(np.float64)  # np.histogram, cheaper
+    hist[bins - 1] += hist[bins]  # the top value belongs to the last bin
+    hist = hist[:bins]
     centers = (np.arange(bins) + 0.5) * (top / bins)
     w0 = np.cumsum(hist)
     w1 = w0[-1] - w0
@@ -406,16 +412,14 @@ def _thicken(crop: np.ndarray) -> np.ndarray:
     if width >= THIN_LIMIT:
         return crop
     steps = min(int(np.ceil((THIN_TARGET - width) / (2 * scale))), max(crop.shape) // 8)
-    out = np.pad(crop, steps)
-    for _ in range(steps):  # a 3x3 maximum filter adds one pixel on each side of a stroke
-        grown = out.copy()
-        grown[1:] = np.maximum(grown[1:], out[:-1])
-        grown[:-1] = np.maximum(grown[:-1], out[1:])
-        wide = grown.copy()
-        wide[:, 1:] = np.maximum(wide[:, 1:], grown[:, :-1])
-        wide[:, :-1] = np.maximum(wide[:, :-1], grown[:, 1:])
-        out = wide
-    return out
+    if steps < 1:
+        return crop
+    h, w = crop.shape
+    out = np.zeros((h + 2 * steps, w + 2 * steps), np.float32)  # room for the wider strokes
+    out[steps : steps + h, steps : steps + w] = crop
+    # each pixel of dilation adds one on each side of a stroke: ``steps`` 3x3 maximum filters
+    # in one (2 * steps + 1) square ("nearest" repeats the edge, which a maximum ignores)
+    return ndimage.maximum_filter(out, size=2 * steps + 1, mode="nearest")
 
 
 def _fit_box(crop: np.ndarray, box: int) -> np.ndarray:
@@ -434,9 +438,8 @@ def _center_by_mass(digit: np.ndarray, size: int) -> np.ndarray:
     """Place ``digit`` in a size x size field with its centre of mass at the field's centre."""
     h, w = digit.shape
     total = digit.sum()
-    ys, xs = np.indices(digit.shape)
-    cy = (ys * digit).sum() / total if total > 0 else (h - 1) / 2
-    cx = (xs * digit).sum() / total if total > 0 else (w - 1) / 2
+    cy = digit.sum(axis=1) @ np.arange(h) / total if total > 0 else (h - 1) / 2
+    cx = digit.sum(axis=0) @ np.arange(w) / total if total > 0 else (w - 1) / 2
     # MNIST's centres of mass sit at pixel (14, 14) of 0..27 (mean over its training set)
     top = int(round(size / 2 - cy))
     left = int(round(size / 2 - cx))
