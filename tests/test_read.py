@@ -255,3 +255,21 @@ def test_number_mode_of_the_page(browser, served, tmp_path):  # noqa: F811
     assert abs(square["width"] - square["height"]) < 2  # back to the square pad
     assert not errors, errors
     context.close()
+
+
+def test_a_cut_with_no_ink_is_a_hypothesis_never_chosen_not_a_failed_read():
+    """A cut hypothesis whose piece holds no ink of its own scores -inf (to_mnist finds no
+    ink in it) instead of failing the whole read."""
+    from mnist_cnn.segment import Part, _scores
+
+    page = find_ink(np.asarray(Image.open(io.BytesIO(draw_strokes(ONE))), np.float32) / 255)
+    (one,) = page.comps
+    t, b, left, r = one.box
+    ink = Part(left, t, r, b, one.mass, (one.label,))
+    beside = Part(left - 40, t, left - 20, b, one.mass, (one.label,))  # its columns, no ink
+
+    def uniform(images):
+        return np.full((len(images), 10), 0.1)
+
+    score = _scores(page, [ink, beside], uniform)
+    assert np.isfinite(score[0]) and score[1] == -np.inf
