@@ -317,10 +317,16 @@ def _background_is_light(gray: np.ndarray) -> bool:
     """Paper or canvas is what the border mostly shows; a light border means dark ink."""
     h, w = gray.shape
     b = max(1, min(h, w) // 20)
-    border = np.concatenate(
-        [gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()]
-    )
-    return _quantile(border, 50) > 0.5
+    strips = (gray[:b], gray[-b:], gray[:, :b], gray[:, -b:])
+    n = sum(s.size for s in strips)
+    light = sum(int(np.count_nonzero(s > 0.5)) for s in strips)
+    # the median is above 0.5 when both middle values are (more than half of the border is
+    # light), not when neither is; only a tie between them needs the values themselves
+    if light >= n - (n - 1) // 2:
+        return True
+    if light < n // 2:
+        return False
+    return _quantile(np.concatenate([s.ravel() for s in strips]), 50) > 0.5
 
 
 def _quantile(values: np.ndarray, q: float) -> float:
