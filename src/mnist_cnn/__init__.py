@@ -14,7 +14,7 @@ _EXPORTS = {
     "checkpoint": ["TrainedModel", "load_run", "save_weights"],
     "datasets": ["DATASETS", "Dataset", "DatasetInfo", "get_dataset_info"],
     "download": ["fetch", "load_dataset", "verify_folder"],
-    "errors": ["MnistCnnError"],
+    "errors": ["ConfigError", "MnistCnnError"],
     "evaluation": ["EvalResult", "evaluate", "normalize"],
     "idx": ["load_idx"],
     "model": ["CustomCNN", "ModelConfig", "count_parameters", "format_summary", "summarize"],
@@ -38,6 +38,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "DATASETS",
+    "ConfigError",
     "CustomCNN",
     "Dataset",
     "DatasetInfo",

@@ -1,75 +1,197 @@
-"""The ``mnist-cnn`` command: a thin layer over the library; main(argv) returns the exit code."""
+"""The ``mnist-cnn`` command: a thin layer over the library; main(argv) returns the exit code.
+
+The library names a setting by its field (``batch_size``) and owns its rules and defaults; this
+module owns the flags: each command's parser sits beside the function that runs it, its flags
+checked by argparse ``type=`` functions built on the library's ranges, and a library error about
+a setting is shown with the flag the user typed (``flag``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
+from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
 
-from . import __version__
-from .errors import MnistCnnError
+from . import __version__, defaults
+from .defaults import COUNT, Range
+from .device import DEVICES
+from .errors import ConfigError, MnistCnnError
+from .recipes import OPTIMIZERS, PRECISIONS, RANGES, RECIPES, SCHEDULES
 
 EXIT_USAGE = 2
 
-# Settings a resumed run may change; every other one is the run's own.
-RESUMABLE = {"epochs", "device", "data_dir", "eval_batch_size", "tensorboard"}
+# Library fields whose flag is not --<field with dashes>, then per command where they differ.
+FLAGS = {"fmt": "--format", "out_dir": "--out"}
+COMMAND_FLAGS = {"evaluate": {"out_dir": "--report"}}
+
+
+def flag(field: str, command: str | None = None) -> str:
+    """The flag that sets the library's ``field`` in ``command``: batch_size -> --batch-size."""
+    named = COMMAND_FLAGS.get(command or "", {}).get(field) or FLAGS.get(field)
+    return named or "--" + field.replace("_", "-")
+
+
+def checked(kind: Callable[[str], float], allowed: Range) -> Callable[[str], float]:
+    """An argparse ``type=``: ``kind`` (int or float) within ``allowed``, else a usage error
+    that reads as the library's does (``--epochs must be at least 1``)."""
+
+    def parse(text: str):
+        value = kind(text)  # a ValueError: argparse's "invalid int value: 'many'"
+        if value not in allowed:
+            raise argparse.ArgumentTypeError(allowed.refusal)
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line on stderr and exit code 2, like every other user error."""
 
     def error(self, message: str):
+        # a ``checked`` flag's refusal reads like the library's: "--epochs must be at least 1"
+        message = re.sub(r"^argument (-\S+): (must .*)", r"\1 \2", message)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .datasets import DATASETS
-    from .device import DEVICES
-    from .recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
-
     parser = _Parser(
         prog="mnist-cnn",
         description="Train, evaluate and inspect the CustomCNN of the 'CNN with Python' tutorial.",
     )
     parser.add_argument("--version", action="version", version=f"mnist-cnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (
+        _add_train,
+        _add_evaluate,
+        _add_data,
+        _add_predict,
+        _add_read,
+        _add_export,
+        _add_serve,
+        _add_summary,
+        _add_explain,
+        _add_probe,
+    ):
+        add(sub)
+    return parser
 
-    def data_args(p, default, shown_default):
-        p.add_argument(
-            "--dataset",
-            choices=list(DATASETS),
-            default=default,
-            help=f"dataset name (default: {shown_default})",
-        )
-        p.add_argument(
-            "--data-dir",
-            metavar="DIR",
-            help="folder with the dataset, or a root holding <dataset>/ folders "
-            "(default: $MNIST_CNN_DATA)",
-        )
 
+def _data_args(p, default, shown_default) -> None:
+    from .datasets import DATASETS
+
+    p.add_argument(
+        "--dataset",
+        choices=list(DATASETS),
+        default=default,
+        help=f"dataset name (default: {shown_default})",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder with the dataset, or a root holding <dataset>/ folders "
+        "(default: $MNIST_CNN_DATA)",
+    )
+
+
+def _run_arg(p, what: str = "run directory, a model.safetensors in one, or an exported .onnx"):
+    p.add_argument("run", metavar="RUN", help=what)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error argparse has reported
+        return int(e.code or 0)
+    try:
+        return args.func(args) or 0
+    except ConfigError as e:  # a setting, named by its field: say the flag the user typed
+        return _fail(e.describe(lambda field: flag(field, args.command)))
+    except MnistCnnError as e:
+        return _fail(str(e))
+    except OSError as e:  # unwritable folders, full disks: the user's to fix, no traceback
+        where = f": {e.filename}" if e.filename else ""
+        return _fail(f"{e.strerror or e}{where}")
+    except KeyboardInterrupt:
+        print("mnist-cnn: interrupted", file=sys.stderr)
+        return 130
+
+
+def _fail(message: str) -> int:
+    print(f"mnist-cnn: error: {' '.join(message.split())}", file=sys.stderr)  # one line
+    return EXIT_USAGE
+
+
+def train_command(training: dict) -> str:
+    """The `mnist-cnn train` command line that reproduces ``training`` (a run's settings)."""
+    from .training import TrainConfig
+
+    recipe = training.get("recipe", "reference")
+    base = TrainConfig.from_recipe(recipe)
+    words = ["mnist-cnn", "train", "--dataset", str(training.get("dataset", base.dataset))]
+    if recipe != "reference":
+        words += ["--recipe", recipe]
+    local = {"dataset", "recipe", "data_dir", "out", "name", "device", "eval_batch_size"}
+    for key, value in training.items():
+        if key in local or not hasattr(base, key) or getattr(base, key) == value:
+            continue
+        if isinstance(value, bool):
+            words.append(flag(key) if value else "--no-" + flag(key)[2:])
+        elif value is not None:
+            words += [flag(key), str(value)]
+    return " ".join(words)
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)  # one line per epoch shows at once, also when piped to a file
+
+
+def _setting(field: str, kind: Callable[[str], float] = int) -> Callable[[str], float]:
+    """The ``type=`` of a TrainConfig number: checked against the range TrainConfig checks."""
+    return checked(kind, RANGES[field])
+
+
+def _add_train(sub) -> None:
     t = sub.add_parser(
         "train",
         help="train CustomCNN (defaults: the reference recipe)",
         description="Train CustomCNN. Defaults are the reference recipe: Adam "
         "lr 1e-3, batch 100, 15 epochs, seed 777.",
     )
-    data_args(t, None, "mnist")
+    _data_args(t, None, "mnist")
     t.add_argument(
         "--recipe",
         choices=list(RECIPES),
         help="reference (default: the seed's lab), fast (>= 99%% in about a minute "
         "on a laptop CPU) or best (augmentation, longer); flags override it",
     )
-    t.add_argument("--epochs", type=int, help="epochs to train (default 15)")
-    t.add_argument("--batch-size", type=int, help="images per step (default 100)")
-    t.add_argument("--lr", type=float, help="Adam learning rate, the peak of onecycle (1e-3)")
+    t.add_argument("--epochs", type=_setting("epochs"), help="epochs to train (default 15)")
+    t.add_argument(
+        "--batch-size", type=_setting("batch_size"), help="images per step (default 100)"
+    )
+    t.add_argument(
+        "--lr",
+        type=_setting("lr", float),
+        help="Adam learning rate, the peak of onecycle (1e-3)",
+    )
     t.add_argument("--optimizer", choices=OPTIMIZERS, help="adam (default) or sgd (plain SGD)")
     t.add_argument("--schedule", choices=SCHEDULES, help="learning rate schedule (constant)")
-    t.add_argument("--label-smoothing", type=float, metavar="EPS", help="default 0")
+    t.add_argument(
+        "--label-smoothing",
+        type=_setting("label_smoothing", float),
+        metavar="EPS",
+        help="default 0",
+    )
     t.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
@@ -81,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="fp32 (the reference recipe's), bf16 autocast, or auto (fast and best's): bf16 "
-        "where the device computes it natively (CUDA with bf16, CPUs with AMX or AVX-512 BF16)",
+        help="fp32 (the reference and best recipes'), bf16 autocast, or auto (fast and gpu's): "
+        "bf16 where the device computes it natively (CUDA with bf16, CPUs with AMX or AVX-512 "
+        "BF16)",
     )
     t.add_argument(
         "--compile",
@@ -90,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch.compile the model for training (pays off on GPUs)",
     )
-    t.add_argument("--seed", type=int, help="random seed (default 777)")
+    t.add_argument("--seed", type=_setting("seed"), help="random seed (default 777)")
     t.add_argument("--device", choices=DEVICES, help="where to train (default auto)")
     t.add_argument("--out", metavar="DIR", help="folder for run directories (default runs)")
     t.add_argument("--name", help="run directory name (default <dataset>-<date>-<time>)")
@@ -101,31 +224,36 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="bitwise-repeatable kernels (resumed runs match uninterrupted ones)",
     )
-    t.add_argument("--limit-train", type=int, metavar="N", help="train on the first N images")
+    t.add_argument(
+        "--limit-train",
+        type=_setting("limit_train"),
+        metavar="N",
+        help="train on the first N images",
+    )
     t.add_argument(
         "--val-size",
-        type=int,
+        type=_setting("val_size"),
         metavar="N",
         help="hold out N training images as a validation split (default 0)",
     )
     t.add_argument(
         "--dropout",
-        type=float,
+        type=_setting("dropout", float),
         metavar="P",
         help="dropout of layer4's units (default 0.5, as in the seed)",
     )
     t.add_argument(
         "--dist-backend",
-        choices=("auto", "gloo", "nccl"),
+        choices=defaults.DIST_BACKENDS,
         default="auto",
         help="under torchrun: gloo (CPU) or nccl (CUDA); auto picks",
     )
     t.add_argument(
         "--dist-timeout",
-        type=float,
-        default=300,
+        type=checked(float, defaults.DIST_TIMEOUT_RANGE),
+        default=defaults.DIST_TIMEOUT,
         metavar="S",
-        help="under torchrun: seconds to wait for a missing process (300)",
+        help=f"under torchrun: seconds to wait for a missing process ({defaults.DIST_TIMEOUT})",
     )
     t.add_argument(
         "--tensorboard",
@@ -133,275 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also log to RUN/tensorboard: tensorboard --logdir runs",
     )
-    t.add_argument("--eval-batch-size", type=int, help=argparse.SUPPRESS)
-    t.set_defaults(func=cmd_train)
-
-    e = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy, confusion matrix")
-    e.add_argument("run", metavar="RUN", help="run directory, or a model.safetensors in one")
-    data_args(e, None, "the run's own")
-    e.add_argument("--split", choices=["test", "train"], default="test")
-    e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument(
-        "--report",
-        metavar="DIR",
-        help="also write DIR/report.html (self-contained) and its plots as PNG",
-    )
-    e.add_argument("--device", choices=DEVICES, default="auto")
-    e.set_defaults(func=cmd_evaluate)
-
-    d = sub.add_parser("data", help="find, download and verify datasets")
-    dsub = d.add_subparsers(dest="action", required=True, metavar="ACTION")
-    dl = dsub.add_parser("list", help="where each dataset is found")
-    dl.add_argument("--data-dir", metavar="DIR")
-    dl.set_defaults(func=cmd_data_list)
-    df = dsub.add_parser("fetch", help="download a dataset into the user cache")
-    data_args(df, "mnist", "mnist")
-    df.add_argument(
-        "--mirror",
-        action="append",
-        metavar="URL",
-        help="base URL to download from instead of the built-in mirrors (repeatable)",
-    )
-    df.add_argument(
-        "--force",
-        action="store_true",
-        help="download into the cache even if the dataset is found elsewhere",
-    )
-    df.set_defaults(func=cmd_data_fetch)
-    dv = dsub.add_parser("verify", help="check a dataset's files against their checksums")
-    data_args(dv, "mnist", "mnist")
-    dv.set_defaults(func=cmd_data_verify)
-
-    p = sub.add_parser("predict", help="classify your own images (photos, scans, drawings)")
-    p.add_argument(
-        "run", metavar="RUN", help="run directory, a model.safetensors in one, or an exported .onnx"
-    )
-    p.add_argument(
-        "images",
-        metavar="IMAGE",
-        nargs="+",
-        help="image file, directory (searched recursively) or - for stdin",
-    )
-    p.add_argument("--top-k", type=int, default=3, metavar="K", help="classes to show (3)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument(
-        "--save-preprocessed", metavar="DIR", help="write the 28x28 images the model saw, as PNG"
-    )
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        default=40_000_000,
-        metavar="N",
-        help="refuse larger images (default 40 megapixels)",
-    )
-    p.add_argument("--device", choices=DEVICES, default="cpu")
-    p.set_defaults(func=cmd_predict)
-
-    r = sub.add_parser("read", help="read whole handwritten numbers (several digits in one image)")
-    r.add_argument(
-        "run", metavar="RUN", help="run directory, a model.safetensors in one, or an exported .onnx"
-    )
-    r.add_argument(
-        "images",
-        metavar="IMAGE",
-        nargs="+",
-        help="image file, directory (searched recursively) or - for stdin",
-    )
-    r.add_argument("--json", action="store_true", help="one JSON object per line")
-    r.add_argument(
-        "--save-preprocessed",
-        metavar="DIR",
-        help="write each digit the model saw, as PNG (<image>-<n>.png)",
-    )
-    r.add_argument(
-        "--max-pixels",
-        type=int,
-        default=40_000_000,
-        metavar="N",
-        help="refuse larger images (default 40 megapixels)",
-    )
-    r.add_argument("--device", choices=DEVICES, default="cpu")
-    r.set_defaults(func=cmd_read)
-
-    x = sub.add_parser("export", help="ONNX (fp32 or int8) or a torch.export program, checked")
-    x.add_argument("run", metavar="RUN", help="run directory, or a model.safetensors in one")
-    x.add_argument(
-        "--format",
-        choices=["onnx", "exported-program"],
-        default="onnx",
-        help="onnx (default; ONNX Runtime, no PyTorch needed) or exported-program "
-        "(torch.export.save)",
-    )
-    x.add_argument(
-        "--quantize",
-        choices=["int8"],
-        help="static int8 quantization calibrated on training images (onnx only)",
-    )
-    x.add_argument("--output", "-o", required=True, metavar="FILE")
-    x.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is (for the check)")
-    x.set_defaults(func=cmd_export)
-
-    v = sub.add_parser("serve", help="an HTTP API and a page to draw digits on (FastAPI)")
-    v.add_argument(
-        "run", metavar="RUN", help="run directory, a model.safetensors in one, or an exported .onnx"
-    )
-    v.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    v.add_argument("--port", type=int, default=8000, help="port (8000; 0 picks a free one)")
-    v.add_argument(
-        "--max-body", type=float, default=5, metavar="MB", help="largest request body in MB (5)"
-    )
-    v.add_argument(
-        "--max-pixels",
-        type=int,
-        default=16_000_000,
-        metavar="N",
-        help="refuse uploaded images with more pixels (16 megapixels)",
-    )
-    v.add_argument(
-        "--batch-wait",
-        type=float,
-        default=2.0,
-        metavar="MS",
-        help="wait up to MS ms for concurrent requests to batch (2)",
-    )
-    v.add_argument(
-        "--max-batch",
-        type=int,
-        default=64,
-        metavar="N",
-        help="most images in one forward pass (64)",
-    )
-    v.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="processes serving, each with the model (one per core)",
-    )
-    v.add_argument(
-        "--threads",
-        type=int,
-        metavar="N",
-        help="threads for the model (default: the runtime's choice)",
-    )
-    v.add_argument("--device", choices=DEVICES, default="cpu")
-    v.add_argument(
-        "--runtime",
-        choices=("auto", "onnxruntime", "pytorch"),
-        default="auto",
-        help="auto (default): a run directory on ONNX Runtime, exported in memory "
-        "and checked at start, when it is installed",
-    )
-    v.add_argument(
-        "--allowed-hosts",
-        metavar="NAMES",
-        help="comma-separated names the Host header may carry, '*' for any "
-        "(default: localhost,127.0.0.1,::1 on loopback, else any)",
-    )
-    v.add_argument(
-        "--max-connections",
-        type=int,
-        metavar="N",
-        help="open connections at most; more get 503 (default: from the open-file limit)",
-    )
-    v.add_argument(
-        "--max-header",
-        type=int,
-        default=32,
-        metavar="KB",
-        help="largest request line and headers; more get 431 (32)",
-    )
-    v.add_argument(
-        "--header-timeout",
-        type=float,
-        default=10,
-        metavar="S",
-        help="seconds for the request line and headers, else 408 (10)",
-    )
-    v.add_argument(
-        "--body-timeout",
-        type=float,
-        default=10,
-        metavar="S",
-        help="seconds a request body may stall, else 408 (10)",
-    )
-    v.set_defaults(func=cmd_serve)
-
-    s = sub.add_parser("summary", help="each layer's shape, parameters, mult-adds, receptive field")
-    s.add_argument("run", metavar="RUN", nargs="?", help="a trained run (default: a new model)")
-    s.add_argument("--json", action="store_true", help="the numbers as JSON")
-    s.set_defaults(func=cmd_summary)
-
-    xp = sub.add_parser("explain", help="filters, feature maps and evidence for one image (HTML)")
-    xp.add_argument("run", metavar="RUN", help="run directory or a model.safetensors in one")
-    xp.add_argument("image", metavar="IMAGE", help="an image file, or - for stdin")
-    xp.add_argument("--out", required=True, metavar="DIR", help="where index.html and PNGs go")
-    xp.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to list (5)")
-    xp.add_argument("--device", choices=DEVICES, default="cpu")
-    xp.set_defaults(func=cmd_explain)
-
-    pr = sub.add_parser("probe", help="test accuracy as the test images shift or rotate")
-    pr.add_argument("run", metavar="RUN", help="run directory or a model.safetensors in one")
-    kind = pr.add_mutually_exclusive_group(required=True)
-    kind.add_argument(
-        "--shift",
-        action="store_true",
-        help="-6..+6 pixels, each axis, on the digits whose ink stays in the "
-        "frame (and, apart, all digits with their ink cut off)",
-    )
-    kind.add_argument("--rotate", action="store_true", help="-45..+45 degrees in steps of 5")
-    pr.add_argument("--out", metavar="DIR", help="also write the plot and the numbers here")
-    pr.add_argument("--limit", type=int, metavar="N", help="use the first N test images")
-    pr.add_argument("--data-dir", metavar="DIR", help="where the dataset is")
-    pr.add_argument("--device", choices=DEVICES, default="auto")
-    pr.set_defaults(func=cmd_probe)
-    return parser
+    t.add_argument("--eval-batch-size", type=_setting("eval_batch_size"), help=argparse.SUPPRESS)
+    t.set_defaults(func=_cmd_train)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, --version, or a usage error argparse has reported
-        return int(e.code or 0)
-    try:
-        return args.func(args) or 0
-    except MnistCnnError as e:
-        print(f"mnist-cnn: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
-        return EXIT_USAGE
-    except OSError as e:  # unwritable folders, full disks: the user's to fix, no traceback
-        where = f": {e.filename}" if e.filename else ""
-        print(f"mnist-cnn: error: {e.strerror or e}{where}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("mnist-cnn: interrupted", file=sys.stderr)
-        return 130
-
-
-def _progress() -> bool:
-    return sys.stderr.isatty()
-
-
-def _log(line: str) -> None:
-    print(line, flush=True)  # one line per epoch shows at once, also when piped to a file
-
-
-def cmd_train(args) -> int:
+def _cmd_train(args) -> int:
     from .training import TrainConfig, load_train_config, train
 
-    if not 0 < args.dist_timeout <= 86_400:  # also refuses nan and inf
-        raise MnistCnnError("--dist-timeout must be between 0 and 86400 seconds")
     names = [f.name for f in fields(TrainConfig)]
     given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    if args.resume:
-        _, saved = load_train_config(args.resume)
-        changed = [n for n, v in given.items() if n not in RESUMABLE and getattr(saved, n) != v]
-        if changed:
-            flags = ", ".join("--" + n.replace("_", "-") for n in changed)
-            raise MnistCnnError(
-                f"--resume continues {args.resume} with its own settings; {flags} cannot change "
-                f"(only --epochs, --device, --data-dir, --tensorboard can)"
-            )
-        config = replace(saved, **{n: v for n, v in given.items() if n in RESUMABLE})
+    if args.resume:  # the run's own settings, with what was given and may change on resume
+        config = load_train_config(args.resume)[1].resumed(**given)
     else:
         config = TrainConfig.from_recipe(**given)
     result = train(
@@ -421,7 +291,22 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
+def _add_evaluate(sub) -> None:
+    e = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy, confusion matrix")
+    _run_arg(e, "run directory, or a model.safetensors in one")
+    _data_args(e, None, "the run's own")
+    e.add_argument("--split", choices=["test", "train"], default="test")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument(
+        "--report",
+        metavar="DIR",
+        help="also write DIR/report.html (self-contained) and its plots as PNG",
+    )
+    e.add_argument("--device", choices=DEVICES, default="auto")
+    e.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args) -> int:
     from .checkpoint import load_run
     from .device import select_device
     from .download import load_dataset
@@ -510,7 +395,32 @@ def format_confusion(confusion, per_class, classes) -> str:
     return "\n".join(lines)
 
 
-def cmd_data_list(args) -> int:
+def _add_data(sub) -> None:
+    d = sub.add_parser("data", help="find, download and verify datasets")
+    dsub = d.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dl = dsub.add_parser("list", help="where each dataset is found")
+    dl.add_argument("--data-dir", metavar="DIR")
+    dl.set_defaults(func=_cmd_data_list)
+    df = dsub.add_parser("fetch", help="download a dataset into the user cache")
+    _data_args(df, "mnist", "mnist")
+    df.add_argument(
+        "--mirror",
+        action="append",
+        metavar="URL",
+        help="base URL to download from instead of the built-in mirrors (repeatable)",
+    )
+    df.add_argument(
+        "--force",
+        action="store_true",
+        help="download into the cache even if the dataset is found elsewhere",
+    )
+    df.set_defaults(func=_cmd_data_fetch)
+    dv = dsub.add_parser("verify", help="check a dataset's files against their checksums")
+    _data_args(dv, "mnist", "mnist")
+    dv.set_defaults(func=_cmd_data_verify)
+
+
+def _cmd_data_list(args) -> int:
     from .datasets import DATASETS, candidate_dirs, locate
     from .download import verify_folder
 
@@ -529,7 +439,7 @@ def cmd_data_list(args) -> int:
     return 0
 
 
-def cmd_data_fetch(args) -> int:
+def _cmd_data_fetch(args) -> int:
     from .datasets import cache_dir, get_dataset_info, locate
     from .download import fetch, verify_folder
 
@@ -554,7 +464,7 @@ def cmd_data_fetch(args) -> int:
     return 0
 
 
-def cmd_data_verify(args) -> int:
+def _cmd_data_verify(args) -> int:
     from .datasets import get_dataset_info, locate, not_found_message
     from .download import verify_folder
 
@@ -574,21 +484,47 @@ def cmd_data_verify(args) -> int:
     return 0
 
 
+def _image_args(p, saved_help: str) -> None:
+    """What ``predict`` and ``read`` share: a model, images, and how they are read."""
+    _run_arg(p)
+    p.add_argument(
+        "images",
+        metavar="IMAGE",
+        nargs="+",
+        help="image file, directory (searched recursively) or - for stdin",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--save-preprocessed", metavar="DIR", help=saved_help)
+    p.add_argument(
+        "--max-pixels",
+        type=checked(int, COUNT),
+        default=defaults.MAX_IMAGE_PIXELS,
+        metavar="N",
+        help=f"refuse larger images (default {defaults.MAX_IMAGE_PIXELS // 10**6} megapixels)",
+    )
+    p.add_argument("--device", choices=DEVICES, default="cpu")
+
+
 def _predictor_and_items(args):
     """The model and the images named on a ``predict`` or ``read`` command line."""
     from .device import select_device
     from .predict import Predictor, expand_inputs
 
-    if args.max_pixels < 1:
-        raise MnistCnnError("--max-pixels must be at least 1")
     device = "cpu" if args.run.endswith(".onnx") else select_device(args.device)
     predictor = Predictor.from_run(args.run, device=device, max_pixels=args.max_pixels)
     return predictor, expand_inputs(args.images, stdin=sys.stdin)
 
 
-def cmd_predict(args) -> int:
-    if args.top_k < 1:
-        raise MnistCnnError("--top-k must be at least 1")
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="classify your own images (photos, scans, drawings)")
+    _image_args(p, "write the 28x28 images the model saw, as PNG")
+    p.add_argument(
+        "--top-k", type=checked(int, COUNT), default=3, metavar="K", help="classes to show (3)"
+    )
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args) -> int:
     predictor, items = _predictor_and_items(args)
     keep = None
     if args.save_preprocessed:
@@ -605,7 +541,13 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
-def cmd_read(args) -> int:
+def _add_read(sub) -> None:
+    r = sub.add_parser("read", help="read whole handwritten numbers (several digits in one image)")
+    _image_args(r, "write each digit the model saw, as PNG (<image>-<n>.png)")
+    r.set_defaults(func=_cmd_read)
+
+
+def _cmd_read(args) -> int:
     predictor, items = _predictor_and_items(args)
     keep = None
     if args.save_preprocessed:
@@ -631,18 +573,110 @@ def cmd_read(args) -> int:
     return 1 if failed else 0
 
 
-def cmd_serve(args) -> int:
+def _add_serve(sub) -> None:
+    v = sub.add_parser("serve", help="an HTTP API and a page to draw digits on (FastAPI)")
+    _run_arg(v)
+    count = checked(int, COUNT)
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    v.add_argument(
+        "--port",
+        type=checked(int, defaults.SERVE_PORT),
+        default=8000,
+        help="port (8000; 0 picks a free one)",
+    )
+    mb = defaults.SERVE_MAX_BODY / 1024 / 1024
+    v.add_argument(
+        "--max-body",
+        type=checked(float, defaults.SERVE_MAX_BODY_MB),
+        default=mb,
+        metavar="MB",
+        help=f"largest request body in MB ({mb:g})",
+    )
+    v.add_argument(
+        "--max-pixels",
+        type=count,
+        default=defaults.SERVE_MAX_PIXELS,
+        metavar="N",
+        help="refuse uploaded images with more pixels "
+        f"({defaults.SERVE_MAX_PIXELS // 10**6} megapixels)",
+    )
+    ms = defaults.SERVE_BATCH_WAIT * 1000
+    v.add_argument(
+        "--batch-wait",
+        type=checked(float, defaults.SERVE_BATCH_WAIT_MS),
+        default=ms,
+        metavar="MS",
+        help=f"wait up to MS ms for concurrent requests to batch ({ms:g})",
+    )
+    v.add_argument(
+        "--max-batch",
+        type=count,
+        default=defaults.SERVE_MAX_BATCH,
+        metavar="N",
+        help=f"most images in one forward pass ({defaults.SERVE_MAX_BATCH})",
+    )
+    v.add_argument(
+        "--workers",
+        type=count,
+        metavar="N",
+        help="processes serving, each with the model (one per core)",
+    )
+    v.add_argument(
+        "--threads",
+        type=count,
+        metavar="N",
+        help="threads for the model (default: the runtime's choice)",
+    )
+    v.add_argument("--device", choices=DEVICES, default="cpu")
+    v.add_argument(
+        "--runtime",
+        choices=defaults.SERVE_RUNTIMES,
+        default="auto",
+        help="auto (default): a run directory on ONNX Runtime, exported in memory "
+        "and checked at start, when it is installed",
+    )
+    v.add_argument(
+        "--allowed-hosts",
+        metavar="NAMES",
+        help="comma-separated names the Host header may carry, '*' for any "
+        "(default: localhost,127.0.0.1,::1 on loopback, else any)",
+    )
+    v.add_argument(
+        "--max-connections",
+        type=count,
+        metavar="N",
+        help="open connections at most; more get 503 (default: from the open-file limit)",
+    )
+    kb = defaults.SERVE_MAX_HEADER_BYTES // 1024
+    v.add_argument(
+        "--max-header",
+        type=count,
+        default=kb,
+        metavar="KB",
+        help=f"largest request line and headers; more get 431 ({kb})",
+    )
+    timeout = checked(float, defaults.SERVE_TIMEOUT)
+    v.add_argument(
+        "--header-timeout",
+        type=timeout,
+        default=defaults.SERVE_HEADER_TIMEOUT,
+        metavar="S",
+        help=f"seconds for the request line and headers, else 408 "
+        f"({defaults.SERVE_HEADER_TIMEOUT:g})",
+    )
+    v.add_argument(
+        "--body-timeout",
+        type=timeout,
+        default=defaults.SERVE_BODY_TIMEOUT,
+        metavar="S",
+        help=f"seconds a request body may stall, else 408 ({defaults.SERVE_BODY_TIMEOUT:g})",
+    )
+    v.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args) -> int:
     from .device import select_device
 
-    for name, low in (("port", 0), ("max_pixels", 1), ("max_batch", 1), ("max_header", 1)):
-        if getattr(args, name) < low:
-            raise MnistCnnError(f"--{name.replace('_', '-')} must be at least {low}")
-    if not 0.001 <= args.max_body <= 1024:  # also refuses nan and inf
-        raise MnistCnnError("--max-body must be between 0.001 and 1024 MB")
-    if not 0 <= args.batch_wait <= 1000:
-        raise MnistCnnError("--batch-wait must be between 0 and 1000 ms")
-    if args.port > 65535:
-        raise MnistCnnError("--port must be at most 65535")
     try:
         from .serve import serve
     except ImportError as e:
@@ -650,15 +684,6 @@ def cmd_serve(args) -> int:
             f"serving needs FastAPI and uvicorn ({e.name} is missing): "
             "pip install 'mnist-cnn[serve]'"
         ) from None
-    if args.threads is not None and args.threads < 1:
-        raise MnistCnnError("--threads must be at least 1")
-    if args.workers is not None and args.workers < 1:
-        raise MnistCnnError("--workers must be at least 1")
-    if args.max_connections is not None and args.max_connections < 1:
-        raise MnistCnnError("--max-connections must be at least 1")
-    for name in ("header_timeout", "body_timeout"):
-        if not 0.1 <= getattr(args, name) <= 3600:  # also refuses nan and inf
-            raise MnistCnnError(f"--{name.replace('_', '-')} must be between 0.1 and 3600 s")
     hosts = None
     if args.allowed_hosts is not None:
         hosts = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
@@ -725,7 +750,27 @@ def format_predictions(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def cmd_export(args) -> int:
+def _add_export(sub) -> None:
+    x = sub.add_parser("export", help="ONNX (fp32 or int8) or a torch.export program, checked")
+    _run_arg(x, "run directory, or a model.safetensors in one")
+    x.add_argument(
+        "--format",
+        choices=defaults.EXPORT_FORMATS,
+        default="onnx",
+        help="onnx (default; ONNX Runtime, no PyTorch needed) or exported-program "
+        "(torch.export.save)",
+    )
+    x.add_argument(
+        "--quantize",
+        choices=defaults.QUANTIZATIONS,
+        help="static int8 quantization calibrated on training images (onnx only)",
+    )
+    x.add_argument("--output", "-o", required=True, metavar="FILE")
+    x.add_argument("--data-dir", metavar="DIR", help="where the run's dataset is (for the check)")
+    x.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
     import torch
 
     from .checkpoint import load_run
@@ -756,7 +801,14 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_summary(args) -> int:
+def _add_summary(sub) -> None:
+    s = sub.add_parser("summary", help="each layer's shape, parameters, mult-adds, receptive field")
+    s.add_argument("run", metavar="RUN", nargs="?", help="a trained run (default: a new model)")
+    s.add_argument("--json", action="store_true", help="the numbers as JSON")
+    s.set_defaults(func=_cmd_summary)
+
+
+def _cmd_summary(args) -> int:
     from .anatomy import format_anatomy, layer_table, weight_sharing
     from .model import CustomCNN, count_parameters
 
@@ -782,7 +834,19 @@ def cmd_summary(args) -> int:
     return 0
 
 
-def cmd_explain(args) -> int:
+def _add_explain(sub) -> None:
+    xp = sub.add_parser("explain", help="filters, feature maps and evidence for one image (HTML)")
+    _run_arg(xp, "run directory or a model.safetensors in one")
+    xp.add_argument("image", metavar="IMAGE", help="an image file, or - for stdin")
+    xp.add_argument("--out", required=True, metavar="DIR", help="where index.html and PNGs go")
+    xp.add_argument(
+        "--top-k", type=checked(int, COUNT), default=5, metavar="K", help="classes to list (5)"
+    )
+    xp.add_argument("--device", choices=DEVICES, default="cpu")
+    xp.set_defaults(func=_cmd_explain)
+
+
+def _cmd_explain(args) -> int:
     from .checkpoint import load_run
     from .device import select_device
     from .explain import explain
@@ -790,8 +854,6 @@ def cmd_explain(args) -> int:
 
     if args.run.endswith(".onnx"):
         raise MnistCnnError("explain needs a run directory (its PyTorch weights), not an .onnx")
-    if args.top_k < 1:
-        raise MnistCnnError("--top-k must be at least 1")
     if Path(args.image).is_dir():
         raise MnistCnnError(f"{args.image}: explain takes one image, not a directory")
     trained = load_run(args.run, device=select_device(args.device))
@@ -810,18 +872,36 @@ def cmd_explain(args) -> int:
     return 0
 
 
-def cmd_probe(args) -> int:
+def _add_probe(sub) -> None:
+    pr = sub.add_parser("probe", help="test accuracy as the test images shift or rotate")
+    _run_arg(pr, "run directory or a model.safetensors in one")
+    kind = pr.add_mutually_exclusive_group(required=True)
+    kind.add_argument(
+        "--shift",
+        action="store_true",
+        help="-6..+6 pixels, each axis, on the digits whose ink stays in the "
+        "frame (and, apart, all digits with their ink cut off)",
+    )
+    kind.add_argument("--rotate", action="store_true", help="-45..+45 degrees in steps of 5")
+    pr.add_argument("--out", metavar="DIR", help="also write the plot and the numbers here")
+    pr.add_argument(
+        "--limit", type=checked(int, COUNT), metavar="N", help="use the first N test images"
+    )
+    pr.add_argument("--data-dir", metavar="DIR", help="where the dataset is")
+    pr.add_argument("--device", choices=DEVICES, default="auto")
+    pr.set_defaults(func=_cmd_probe)
+
+
+def _cmd_probe(args) -> int:
     from .anatomy import format_probe, probe_rotate, probe_shift
     from .checkpoint import load_run
     from .device import select_device
     from .download import load_dataset
 
-    if args.limit is not None and args.limit < 1:
-        raise MnistCnnError("--limit must be at least 1")
     if args.out:  # a folder that cannot be written is said now, not after the probe
         from .report import prepare_output
 
-        prepare_output(args.out, "--out")
+        prepare_output(args.out)
     trained = load_run(args.run, device=select_device(args.device))
     data = load_dataset(trained.dataset, args.data_dir, progress=_progress())
     images, labels = data.test_images, data.test_labels

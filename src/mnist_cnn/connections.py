@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from uvicorn import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .defaults import SERVE_BODY_TIMEOUT as DEFAULT_BODY_TIMEOUT
+from .defaults import SERVE_HEADER_TIMEOUT as DEFAULT_HEADER_TIMEOUT
+from .defaults import SERVE_MAX_HEADER_BYTES as DEFAULT_MAX_HEADER_BYTES
+
 log = logging.getLogger("mnist_cnn.serve")
 
-DEFAULT_MAX_HEADER_BYTES = 32 * 1024
-DEFAULT_HEADER_TIMEOUT = 10.0  # seconds
-DEFAULT_BODY_TIMEOUT = 10.0  # seconds without a byte of the body
 OVER_LIMIT_WAIT = 1.0  # seconds a connection beyond the limit may take to send its request
 LINGER_SECONDS = 2.0  # after a refusal, what the client still sends is read and dropped this long
 RESERVED_FDS = 128  # model files, logs, thread pools, the listening socket...

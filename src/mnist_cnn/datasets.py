@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import MnistCnnError
+from .errors import ConfigError, MnistCnnError
 from .idx import load_idx
 
 if TYPE_CHECKING:
@@ -249,7 +249,7 @@ def locate(info: DatasetInfo, data_dir: str | os.PathLike | None = None) -> Path
     (say, MNIST's files when Fashion-MNIST is asked for) does not count.
     """
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        raise MnistCnnError(f"--data-dir {data_dir}: no such directory")
+        raise ConfigError("data_dir", f"{data_dir}: no such directory")
     for folder in candidate_dirs(info, data_dir):
         if find_files(info, folder) is not None and identify(folder) in (None, info.name):
             return folder

@@ -6,7 +6,7 @@ import functools
 import os
 from pathlib import Path
 
-from .errors import MnistCnnError
+from .errors import ConfigError, MnistCnnError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -25,9 +25,9 @@ def select_device(name: str = "auto"):
     if kind not in DEVICES:
         raise MnistCnnError(f"unknown device {name!r} (use one of {', '.join(DEVICES)})")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise MnistCnnError("--device cuda: no CUDA device is available to this PyTorch build")
+        raise ConfigError("device", "cuda: no CUDA device is available to this PyTorch build")
     if kind == "mps" and not torch.backends.mps.is_available():
-        raise MnistCnnError("--device mps: Apple's MPS backend is not available here")
+        raise ConfigError("device", "mps: Apple's MPS backend is not available here")
     return torch.device(name)
 
 

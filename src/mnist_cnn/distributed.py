@@ -16,10 +16,10 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .errors import MnistCnnError
-
-BACKENDS = ("auto", "gloo", "nccl")
-DEFAULT_TIMEOUT = 300  # seconds a collective may wait for a missing rank before failing
+from .defaults import DIST_BACKENDS as BACKENDS
+from .defaults import DIST_TIMEOUT as DEFAULT_TIMEOUT
+from .defaults import DIST_TIMEOUT_RANGE
+from .errors import ConfigError, MnistCnnError
 
 
 @dataclass(frozen=True)
@@ -67,9 +67,10 @@ def check_batch(batch_size: int) -> None:
     """The global batch must split evenly across the ranks."""
     n = world_size()
     if batch_size % n:
-        raise MnistCnnError(
-            f"--batch-size {batch_size} does not split across {n} processes: use a multiple of "
-            f"{n} (the batch size is the global one, shared by all processes)"
+        raise ConfigError(
+            "batch_size",
+            f"{batch_size} does not split across {n} processes: use a multiple of "
+            f"{n} (the batch size is the global one, shared by all processes)",
         )
 
 
@@ -81,17 +82,18 @@ def start(
     size = world_size()
     local = _env_int("LOCAL_RANK", rank)
     if backend not in BACKENDS:
-        raise MnistCnnError(f"--dist-backend must be one of {', '.join(BACKENDS)}")
+        raise ConfigError("dist_backend", f"must be one of {', '.join(BACKENDS)}")
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl":
         if device.type != "cuda":
-            raise MnistCnnError(
-                f"--dist-backend nccl needs CUDA devices, and this run is on {device.type}: "
-                "use gloo (the default off CUDA)"
+            raise ConfigError(
+                "dist_backend",
+                f"nccl needs CUDA devices, and this run is on {device.type}: "
+                "use gloo (the default off CUDA)",
             )
         if not dist.is_nccl_available():
-            raise MnistCnnError("--dist-backend nccl: this PyTorch build has no NCCL")
+            raise ConfigError("dist_backend", "nccl: this PyTorch build has no NCCL")
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
             raise MnistCnnError(
@@ -102,8 +104,8 @@ def start(
         torch.cuda.set_device(device)
     elif device.type != "cpu":
         raise MnistCnnError(f"distributed training runs on cpu or cuda, not {device.type}")
-    if not 0 < timeout <= 86_400:
-        raise MnistCnnError("--dist-timeout must be between 0 and 86400 seconds")
+    if timeout not in DIST_TIMEOUT_RANGE:
+        raise ConfigError("dist_timeout", DIST_TIMEOUT_RANGE.refusal)
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout))
     return Ranks(rank, size, local, backend), device
 

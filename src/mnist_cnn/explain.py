@@ -28,7 +28,7 @@ def explain(trained, pre, out_dir, name: str = "image", top_k: int = 5) -> dict:
     ``trained`` is a TrainedModel, ``pre`` the Preprocessed image (its ``steps["input"]`` is
     the grayscale input before preprocessing). Returns what explanation.json holds.
     """
-    out = prepare_output(out_dir, "--out")
+    out = prepare_output(out_dir)
     model = trained.model
     device = next(model.parameters()).device
     x = normalize(torch.from_numpy(pre.image[None]).to(device), trained.mean, trained.std)
@@ -264,7 +264,7 @@ once and give one score per class; softmax turns the scores into probabilities.<
 
 def write_probe(result: dict, out_dir) -> Path:
     """DIR/probe-<kind>.png and .json for a probe result; returns the PNG's path."""
-    out = prepare_output(out_dir, "--out")
+    out = prepare_output(out_dir)
     fig = _plot_shift(result) if result["kind"] == "shift" else _plot_rotation(result)
     png = out / f"probe-{result['kind']}.png"
     atomic_write_bytes(png, _png(fig))

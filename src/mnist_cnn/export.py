@@ -17,11 +17,12 @@ import numpy as np
 import torch
 
 from .checkpoint import TrainedModel
-from .errors import MnistCnnError
+from .defaults import EXPORT_FORMATS as FORMATS
+from .defaults import QUANTIZATIONS
+from .errors import ConfigError, MnistCnnError
 from .evaluation import normalize
 from .model import count_parameters
 
-FORMATS = ("onnx", "exported-program")
 OPSET = 21
 FP32_TOLERANCE = 1e-4
 INT8_MIN_AGREEMENT = 0.995
@@ -84,15 +85,15 @@ def check_request(output: str | os.PathLike, fmt: str, quantize: str | None) -> 
     """Refuse, before any work, what cannot be exported or written; returns ``output``."""
     output = Path(output)
     if fmt not in FORMATS:
-        raise MnistCnnError(f"unknown format {fmt!r} (use {' or '.join(FORMATS)})")
-    if quantize not in (None, "int8"):
-        raise MnistCnnError(f"unknown quantization {quantize!r} (use int8)")
+        raise ConfigError("fmt", f"{fmt!r} is unknown (use {' or '.join(FORMATS)})")
+    if quantize not in (None, *QUANTIZATIONS):
+        raise ConfigError("quantize", f"{quantize!r} is unknown (use {', '.join(QUANTIZATIONS)})")
     if quantize and fmt != "onnx":
-        raise MnistCnnError("--quantize int8 is for --format onnx")
+        raise ConfigError("quantize", lambda name: f"{quantize} is for {name('fmt')} onnx")
     if output.is_dir():
-        raise MnistCnnError(f"--output {output}: is a directory; give a file name")
+        raise ConfigError("output", f"{output}: is a directory; give a file name")
     if not output.parent.is_dir() or not os.access(output.parent, os.W_OK):
-        raise MnistCnnError(f"--output {output}: cannot write to {output.parent}")
+        raise ConfigError("output", f"{output}: cannot write to {output.parent}")
     if fmt == "onnx":
         for module in ("onnx", "onnxscript", "onnxruntime"):
             try:

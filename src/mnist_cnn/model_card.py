@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .checkpoint import CONFIG_FILE, METRICS_FILE, MODEL_FILE, read_config, read_metrics
+from .cli import train_command  # the command line that reproduces a run: the CLI spells flags
 from .errors import MnistCnnError
 from .files import atomic_write_json, atomic_write_text
 
@@ -131,27 +132,6 @@ def _about(config: dict) -> str:
         'predictor = Predictor.from_run("path/to/this/folder")  # people\'s images, preprocessed\n'
         'trained = load_run("path/to/this/folder")  # the torch module: trained.model\n```\n'
     )
-
-
-def train_command(training: dict) -> str:
-    """The `mnist-cnn train` command line that reproduces ``training`` (a run's settings)."""
-    from .training import TrainConfig
-
-    recipe = training.get("recipe", "reference")
-    base = TrainConfig.from_recipe(recipe)
-    words = ["mnist-cnn", "train", "--dataset", str(training.get("dataset", base.dataset))]
-    if recipe != "reference":
-        words += ["--recipe", recipe]
-    local = {"dataset", "recipe", "data_dir", "out", "name", "device", "eval_batch_size"}
-    for key, value in training.items():
-        if key in local or not hasattr(base, key) or getattr(base, key) == value:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            words.append(flag if value else "--no-" + key.replace("_", "-"))
-        elif value is not None:
-            words += [flag, str(value)]
-    return " ".join(words)
 
 
 def _training(config: dict, training: dict) -> str:

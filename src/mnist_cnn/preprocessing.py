@@ -20,9 +20,9 @@ from PIL import Image
 from scipy import ndimage
 
 from . import ink as ink_
+from .defaults import MAX_IMAGE_PIXELS as DEFAULT_MAX_PIXELS
 from .errors import MnistCnnError
 
-DEFAULT_MAX_PIXELS = 40_000_000  # refuse larger images (decompression bombs)
 # The formats people's digits come in (Pillow's names); nothing else is decoded.
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 # Larger images are box-reduced to at most this side before anything else: the digit ends up

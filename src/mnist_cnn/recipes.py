@@ -1,4 +1,10 @@
-"""Training recipes by name: settings that keep the seed's architecture (no torch import here)."""
+"""Training recipes by name: settings that keep the seed's architecture (no torch import here).
+
+Also the choices and ranges of TrainConfig's settings, which TrainConfig.validate checks and the
+CLI's parser checks its flags with.
+"""
+
+from .defaults import COUNT, FRACTION, POSITIVE, Range, at_least, between
 
 SCHEDULES = ("constant", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the device computes it natively
@@ -38,3 +44,16 @@ OPTIMIZERS = ("adam", "sgd")
 # --precision fp32 bf16): fast -0.013. best stays fp32 until it is measured; the reference recipe
 # stays fp32 whatever the device: it is the seed's lab.
 RECIPES["fast"]["precision"] = "auto"
+
+# The numbers a TrainConfig may hold (None, where a setting allows it, means "not set").
+RANGES: dict[str, Range] = {
+    "epochs": COUNT,
+    "batch_size": COUNT,
+    "eval_batch_size": COUNT,
+    "lr": POSITIVE,
+    "limit_train": COUNT,
+    "seed": between(0, 2**32 - 1),
+    "val_size": at_least(0),
+    "label_smoothing": FRACTION,
+    "dropout": FRACTION,
+}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MnistCnnError
+from .errors import ConfigError
 from .files import atomic_write_bytes, atomic_write_text
 
 PLOTS = ("curves", "confusion", "per_class", "mistakes", "reliability")
@@ -44,7 +44,7 @@ def write_report(
     out_dir, *, images, labels, probs, classes, history, title: str, subtitle: str = ""
 ) -> Path:
     """Write DIR/report.html (images embedded) and DIR/<plot>.png; returns the HTML's path."""
-    out = prepare_output(out_dir, "--report")
+    out = prepare_output(out_dir)
     images, labels, probs = np.asarray(images), np.asarray(labels), np.asarray(probs)
     pred = probs.argmax(axis=1)
     n = len(classes)
@@ -75,8 +75,9 @@ def write_report(
     return path
 
 
-def prepare_output(out_dir, option: str) -> Path:
-    """The folder for a set of plots, created; matplotlib set to draw without a screen."""
+def prepare_output(out_dir, field: str = "out_dir") -> Path:
+    """The folder for a set of plots, created; matplotlib set to draw without a screen.
+    ``field``: the caller's name for the folder, which an error names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,7 +85,7 @@ def prepare_output(out_dir, option: str) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise MnistCnnError(f"{option} {out}: {e.strerror}") from None
+        raise ConfigError(field, f"{out}: {e.strerror}") from None
     return out
 
 

@@ -46,7 +46,11 @@ from .connections import (
     ServiceConfig,
     default_max_connections,
 )
-from .errors import MnistCnnError
+from .defaults import SERVE_BATCH_WAIT as DEFAULT_BATCH_WAIT
+from .defaults import SERVE_MAX_BATCH as DEFAULT_MAX_BATCH
+from .defaults import SERVE_MAX_BODY as DEFAULT_MAX_BODY
+from .defaults import SERVE_MAX_PIXELS as DEFAULT_MAX_PIXELS
+from .errors import ConfigError, MnistCnnError
 from .metrics import MULTIPROCESS_DIR, Metrics
 from .preprocessing import (
     SIZE,
@@ -62,10 +66,6 @@ from .preprocessing import (
 
 log = logging.getLogger("mnist_cnn.serve")
 
-DEFAULT_MAX_BODY = 5 * 1024 * 1024  # bytes
-DEFAULT_MAX_PIXELS = 16_000_000  # a 16-megapixel phone photo; larger uploads are refused
-DEFAULT_BATCH_WAIT = 0.002  # seconds to wait for more requests while others are arriving
-DEFAULT_MAX_BATCH = 64
 INLINE_PIXELS = 128 * 128  # images this small are decoded and preprocessed on the event loop
 DRAIN_BYTES = 64 * 1024 * 1024  # a refused body is read and dropped up to this size ...
 DRAIN_SECONDS = 10.0  # ... and for at most this long, so that every client reads the 413
@@ -778,7 +778,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        raise MnistCnnError(f"--host {host}: {e.strerror}") from None
+        raise ConfigError("host", f"{host}: {e.strerror}") from None
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

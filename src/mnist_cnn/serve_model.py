@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MnistCnnError
+from .defaults import SERVE_RUNTIMES as RUNTIMES
+from .errors import ConfigError, MnistCnnError
 from .onnx_model import OnnxModel
 from .predict import Predictor
 
 log = logging.getLogger("mnist_cnn.serve")
 
-RUNTIMES = ("auto", "onnxruntime", "pytorch")
 PROBE_IMAGES = 64  # random images the exported model must agree on with PyTorch
 
 
@@ -69,7 +69,7 @@ def load(
             Predictor(ExportedRun(export_checked(predictor.model), predictor.model, threads))
         )
     if runtime == "onnxruntime":
-        raise MnistCnnError(f"--runtime onnxruntime: {why_not}")
+        raise ConfigError("runtime", f"onnxruntime: {why_not}")
     log.info("serving on PyTorch (%s)", why_not)
     return predictor
 

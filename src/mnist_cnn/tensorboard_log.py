@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import MnistCnnError
+from .errors import ConfigError
 from .model import CustomCNN
 
 LOG_DIR = "tensorboard"
@@ -60,8 +60,8 @@ class TensorBoardLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # torch's writer needs the tensorboard package itself
-            raise MnistCnnError(
-                "--tensorboard needs the tensorboard package: pip install 'mnist-cnn[tensorboard]'"
+            raise ConfigError(
+                "tensorboard", "needs the tensorboard package: pip install 'mnist-cnn[tensorboard]'"
             ) from None
         self.path = Path(run_dir) / LOG_DIR
         # purge_step: whatever an earlier, interrupted process logged from this epoch on is stale

@@ -11,7 +11,7 @@ import importlib.util
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -43,14 +43,17 @@ from .device import (
     select_device,
 )
 from .download import load_dataset
-from .errors import MnistCnnError
+from .errors import ConfigError, MnistCnnError
 from .evaluation import evaluate
 from .files import atomic_write_json, remove_stale_temp_files
 from .locks import DirectoryLock
 from .model import ARCHITECTURE, CustomCNN, ModelConfig, count_parameters
-from .recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
+from .recipes import OPTIMIZERS, PRECISIONS, RANGES, RECIPES, SCHEDULES
 from .run_log import RunLog
 from .schema import typed_fields
+
+# Settings a resumed run may change: where and how it runs and reports, never what it computes.
+RESUMABLE = ("epochs", "device", "data_dir", "tensorboard", "eval_batch_size")
 
 
 @dataclass
@@ -88,32 +91,51 @@ class TrainConfig:
         return cls(**{**RECIPES[recipe], "recipe": recipe, **overrides})
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise MnistCnnError(f"--{name.replace('_', '-')} must be at least 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise MnistCnnError("--lr must be a positive number")
-        if self.limit_train is not None and self.limit_train < 1:
-            raise MnistCnnError("--limit-train must be at least 1")
-        if not 0 <= self.seed < 2**32:
-            raise MnistCnnError("--seed must be between 0 and 2**32 - 1")
-        if self.val_size < 0:
-            raise MnistCnnError("--val-size must not be negative")
-        if not 0 <= self.label_smoothing < 1:
-            raise MnistCnnError("--label-smoothing must be in [0, 1)")
-        if not 0 <= self.dropout < 1:
-            raise MnistCnnError("--dropout must be in [0, 1)")
+        """Refuse, with a ConfigError naming the field, a setting no run can have."""
+        for name, allowed in RANGES.items():
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ConfigError(name, allowed.refusal)
         if not isinstance(self.augment, bool) and self.augment not in KINDS:
-            raise MnistCnnError(f"augment must be true, false or one of {', '.join(KINDS)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise MnistCnnError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
-        for name, allowed in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
-            if getattr(self, name) not in allowed:
-                raise MnistCnnError(f"--{name} must be one of {', '.join(allowed)}")
+            raise ConfigError("augment", f"must be true, false or one of {', '.join(KINDS)}")
+        for name, choices in (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("precision", PRECISIONS),
+        ):
+            if getattr(self, name) not in choices:
+                raise ConfigError(name, f"must be one of {', '.join(choices)}")
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
-            raise MnistCnnError(
-                "--tensorboard needs the tensorboard package: pip install 'mnist-cnn[tensorboard]'"
+            raise ConfigError(
+                "tensorboard", "needs the tensorboard package: pip install 'mnist-cnn[tensorboard]'"
             )
+
+    def resumed(self, **changes) -> TrainConfig:
+        """These saved settings with ``changes``, to continue their run exactly as if it had
+        never stopped: a ConfigError for any other change than RESUMABLE's, and for ``epochs``
+        where the learning rate schedule was planned over the run's own epochs."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"TrainConfig has no settings {', '.join(sorted(unknown))}")
+        changed = [n for n, v in changes.items() if n not in RESUMABLE and getattr(self, n) != v]
+        if changed:
+            first, rest = changed[0], changed[1:]
+            raise ConfigError(
+                first,
+                lambda name: (
+                    f"cannot change on resume (the run's is {getattr(self, first)!r})"
+                    + "".join(f"; nor can {name(n)}" for n in rest)
+                    + f"; only {', '.join(name(n) for n in RESUMABLE)} can change"
+                ),
+            )
+        epochs = changes.get("epochs", self.epochs)
+        if self.schedule != "constant" and epochs != self.epochs:
+            raise ConfigError(
+                "epochs",
+                f"cannot change on resume: the run's {self.schedule} schedule was planned for "
+                f"{self.epochs} epochs",
+            )
+        return replace(self, **changes)
 
     @classmethod
     def from_dict(cls, d: dict, source="config.json") -> TrainConfig:
@@ -147,7 +169,7 @@ def _make_splits(data: Dataset, config: TrainConfig, device: torch.device) -> _S
     val = None
     if config.val_size:
         if config.val_size >= len(images):
-            raise MnistCnnError(f"--val-size {config.val_size} leaves no training images")
+            raise ConfigError("val_size", f"{config.val_size} leaves no training images")
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed))
         held, kept = order[: config.val_size], order[config.val_size :].sort().values
         val = (images[held].to(device), labels[held].to(device))
@@ -186,11 +208,15 @@ def _new_run_dir(config: TrainConfig) -> Path:
     out = Path(config.out)
     if config.name is not None:
         if "/" in config.name or config.name in ("", ".", ".."):
-            raise MnistCnnError(f"--name {config.name!r} must be a plain folder name")
+            raise ConfigError("name", f"{config.name!r} must be a plain folder name")
         run_dir = out / config.name
         if run_dir.exists():
-            raise MnistCnnError(
-                f"{run_dir} already exists: pick another --name, or --resume {run_dir}"
+            raise ConfigError(
+                "name",
+                lambda name: (
+                    f"{config.name!r}: {run_dir} already exists; pick another, "
+                    f"or {name('resume')} {run_dir}"
+                ),
             )
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -247,8 +273,8 @@ def train(
 ) -> TrainResult:
     """Train CustomCNN as ``config`` says, or continue the run in ``resume`` from its last epoch.
 
-    When resuming, ``config`` (if given) replaces the saved settings; pass the saved ones with
-    only ``epochs``/``device``/``data_dir`` changed. ``log`` receives one line per event.
+    When resuming, ``config`` (if given) may differ from the saved settings only where
+    ``TrainConfig.resumed`` allows (``epochs``, ``device``...). ``log`` receives one line per event.
     Launched by ``torchrun`` with several processes, it trains with DistributedDataParallel
     (``dist_backend``: gloo on CPU, NCCL on CUDA); only rank 0 logs and writes the run.
     """
@@ -256,7 +282,9 @@ def train(
     saved = None
     if resume is not None:
         saved, saved_config = load_train_config(resume)
-        config = config or saved_config
+        given = asdict(config) if config is not None else {}
+        changes = {k: v for k, v in given.items() if v != getattr(saved_config, k)}
+        config = saved_config.resumed(**changes)
     config = config or TrainConfig()
     config.validate()
     device = select_device(config.device)
@@ -305,13 +333,6 @@ def _train(config, resume, saved, device, ranks, log, progress, lock) -> TrainRe
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # NHWC: faster on both
     optimizer = _make_optimizer(model, config, device)
     scheduler = _make_scheduler(optimizer, config, len(splits.train_x))
-    if resume is not None and config.schedule != "constant":
-        planned = saved["training"].get("epochs")
-        if planned != config.epochs:
-            raise MnistCnnError(
-                f"--epochs cannot change on resume: the {config.schedule} schedule of {resume} "
-                f"was planned for {planned} epochs"
-            )
     if ranks is not None:  # dropout and augmentation differ between ranks, as they should
         torch.manual_seed(config.seed + 1_000_003 * (ranks.rank + 1))
     if resume is None:
