@@ -22,11 +22,10 @@ import io
 import json
 import os
 import shlex
-import socket
-import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -34,6 +33,9 @@ from PIL import Image
 
 from mnist_cnn.datasets import DATASETS, find_files, locate
 from mnist_cnn.idx import load_idx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.servers import Server  # noqa: E402  (the repository root, found above)
 
 
 def payloads(kind: str, count: int, data_dir: str | None) -> tuple[list[bytes], list[int]]:
@@ -158,24 +160,13 @@ async def drive(url: str, kind: str, concurrency: int, duration: float, count: i
     return results, time.perf_counter() - start
 
 
-def start_server(run: str, extra: str) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "mnist_cnn", "serve", run, "--port", str(port),
-           *shlex.split(extra)]  # fmt: skip
-    server = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(url + "/healthz", timeout=1).read()
-            return server, url
-        except OSError:
-            if server.poll() is not None:
-                sys.exit(f"the server exited with {server.returncode}: {' '.join(cmd)}")
-            time.sleep(0.1)
-    server.kill()
-    sys.exit("the server did not come up in 30 s")
+def start_server(run: str, extra: str, folder: Path) -> Server:
+    """``mnist-cnn serve RUN`` on a free loopback port (the tests' own helper), its log in
+    ``folder``."""
+    try:
+        return Server(run, folder / "server.log", *shlex.split(extra))
+    except AssertionError as e:  # it exited, or did not come up: its log says why
+        sys.exit(str(e))
 
 
 def run(coroutine):
@@ -215,14 +206,15 @@ def main() -> None:
     if args.write_wrk:
         write_wrk(args.write_wrk, kind, bodies)
         return
-    server, url = start_server(args.start, args.server_args) if args.start else (None, args.url)
-    try:
-        results, seconds = run(drive(url, kind, args.concurrency, args.duration,
-                                     args.requests, bodies, labels))  # fmt: skip
-    finally:
-        if server:
-            server.terminate()
-            server.wait(10)
+    with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
+        server = start_server(args.start, args.server_args, Path(tmp)) if args.start else None
+        url = server.url if server else args.url
+        try:
+            results, seconds = run(drive(url, kind, args.concurrency, args.duration,
+                                         args.requests, bodies, labels))  # fmt: skip
+        finally:
+            if server:
+                server.stop()
     latency = np.array([r[0] for r in results]) * 1000
     errors = sum(r[1] != 200 for r in results)
     wrong = sum(r[1] == 200 and not r[2] for r in results)

@@ -1,7 +1,10 @@
-"""Helpers for tests that talk HTTP to a real `mnist-cnn serve` process."""
+"""Helpers for tests that talk HTTP to the service: a real `mnist-cnn serve` process
+(:class:`Server`, also what benchmarks/serve_load.py starts), or its app in this process
+(:class:`InProcess`); both answer ``request`` the same way."""
 
 from __future__ import annotations
 
+import functools
 import http.client
 import io
 import re
@@ -61,6 +64,48 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+class InProcess:
+    """The app ``create_app`` makes for ``target``, answered in this process through httpx
+    (starlette's TestClient: an httpx client whose transport calls the ASGI app, with the
+    app's lifespan, and so its micro-batcher, running on the client's event loop).
+
+    No socket and no uvicorn: for what the app decides (routes, answers, the Host check, body
+    limits), not what a connection does (ports, workers, timeouts, chunked bodies).
+    The Host is 127.0.0.1 and the client 127.0.0.1, and the allowed hosts, unless given, are
+    the loopback names, as for `mnist-cnn serve` on loopback.
+    """
+
+    def __init__(self, target: str, **options):
+        from starlette.testclient import TestClient
+
+        from mnist_cnn.serve import create_app
+        from mnist_cnn.serve.server import LOOPBACK_HOSTS
+
+        options.setdefault("allowed_hosts", list(LOOPBACK_HOSTS))
+        app = create_app(served_predictor(target), **options)
+        self.client = TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 50000))
+        self.client.__enter__()  # the lifespan: the batcher starts
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+    ) -> tuple[int, dict, bytes]:
+        """(status, headers, body) of one request, as :meth:`Server.request` gives them."""
+        response = self.client.request(method, path, content=body, headers=headers or {})
+        return response.status_code, dict(response.headers), response.content
+
+    def stop(self) -> None:
+        self.client.__exit__(None, None, None)
+
+
+@functools.lru_cache
+def served_predictor(target: str):
+    """``target`` loaded as `mnist-cnn serve` loads it (a run: exported to ONNX in memory and
+    checked), once per test session."""
+    from mnist_cnn.serve.model import load
+
+    return load(target)
 
 
 def multipart(data: bytes, filename: str = "digit.png", field: str = "file",

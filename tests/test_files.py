@@ -206,8 +206,9 @@ def test_onnx_metadata_and_nan_graphs_are_refused(run, tiny_data, tmp_path):
     array.flat[0] = np.nan
     weight.CopyFrom(numpy_helper.from_array(array, weight.name))
     onnx.save(model, str(tmp_path / "nan.onnx"))
-    with pytest.raises(MnistCnnError, match="NaN or infinite logits"):
+    with pytest.raises(MnistCnnError) as refused:
         OnnxModel(tmp_path / "nan.onnx")
+    assert f"weights hold NaN or infinite values ({weight.name})" in str(refused.value)
 
 
 def test_a_bad_rng_state_is_one_line(run, capsys):

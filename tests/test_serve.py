@@ -1,7 +1,10 @@
-"""`mnist-cnn serve`: a real uvicorn server on 127.0.0.1, spoken to over HTTP."""
+"""`mnist-cnn serve`: its app in this process through httpx (routes, answers, errors), and a
+real uvicorn server on 127.0.0.1 for what needs one (workers, ports, chunked bodies, hang-ups,
+log lines, concurrent clients)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -17,10 +20,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from servers import Server, multipart, png_bytes
+from servers import InProcess, Server, multipart, png_bytes, served_predictor
 
 from mnist_cnn.cli import main
 from mnist_cnn.model import CustomCNN, count_parameters
+
+
+@pytest.fixture(scope="module")
+def app(real_run):
+    """The real run's app, as `mnist-cnn serve` makes it, answered in this process."""
+    service = InProcess(str(real_run.run_dir))
+    yield service
+    service.stop()
 
 
 def post_png(server, image: np.ndarray, query: str = "") -> tuple[int, dict]:
@@ -36,11 +47,11 @@ def post_json(server, payload, query: str = "") -> tuple[int, dict]:
     return status, json.loads(data)
 
 
-def test_health_model_and_docs(served, real_run):
-    status, _, body = served.request("GET", "/healthz")
+def test_health_model_and_docs(app, real_run):
+    status, _, body = app.request("GET", "/healthz")
     assert (status, json.loads(body)) == (200, {"status": "ok"})
 
-    status, _, body = served.request("GET", "/v1/model")
+    status, _, body = app.request("GET", "/v1/model")
     info = json.loads(body)
     assert status == 200
     assert info["architecture"] == "CustomCNN" and info["dataset"] == "mnist"
@@ -49,33 +60,33 @@ def test_health_model_and_docs(served, real_run):
     assert info["test_accuracy"] == pytest.approx(real_run.final["test_accuracy"])
     assert info["runtime"] == "onnxruntime"  # the run, exported in memory at start
 
-    status, headers, body = served.request("GET", "/docs")
+    status, headers, body = app.request("GET", "/docs")
     assert status == 200 and b"swagger" in body.lower()
-    status, _, body = served.request("GET", "/openapi.json")
+    status, _, body = app.request("GET", "/openapi.json")
     spec = json.loads(body)
     content = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json"} <= set(content)
 
 
-def test_the_page_and_its_files_work_offline(served):
-    status, headers, page = served.request("GET", "/")
+def test_the_page_and_its_files_work_offline(app):
+    status, headers, page = app.request("GET", "/")
     assert status == 200 and headers["content-type"].startswith("text/html")
     html = page.decode()
     assert "<canvas" in html and 'name="viewport"' in html
     for asset in ("/static/app.js", "/static/style.css"):
         assert asset in html
-        status, _, body = served.request("GET", asset)
+        status, _, body = app.request("GET", asset)
         assert status == 200 and len(body) > 500
         # nothing from a CDN or a font service: the page must work with no internet
         assert b"http://" not in body and b"https://" not in body
     assert "http://" not in html and "https://" not in html
 
 
-def test_predict_upload_matches_the_cli(served, real_run, test_digits, tmp_path, capsys):
+def test_predict_upload_matches_the_cli(app, real_run, test_digits, tmp_path, capsys):
     images, labels = test_digits
     right = 0
     for i in range(20):
-        status, record = post_png(served, images[i])
+        status, record = post_png(app, images[i])
         assert status == 200
         right += record["label"] == labels[i]
     assert right >= 19  # the run is ~97% accurate
@@ -85,7 +96,7 @@ def test_predict_upload_matches_the_cli(served, real_run, test_digits, tmp_path,
     assert main(["predict", str(real_run.run_dir), str(path), "--json"]) == 0
     cli = json.loads(capsys.readouterr().out)
     body, headers = multipart(path.read_bytes(), filename="seven.png")
-    status, _, data = served.request("POST", "/v1/predict", body, headers)
+    status, _, data = app.request("POST", "/v1/predict", body, headers)
     record = json.loads(data)
     assert status == 200
     assert set(record) == set(cli) == {"file", "label", "class", "probability", "unsure", "top_k"}
@@ -95,20 +106,20 @@ def test_predict_upload_matches_the_cli(served, real_run, test_digits, tmp_path,
     assert [t["label"] for t in record["top_k"]] == [t["label"] for t in cli["top_k"]]
 
 
-def test_json_pixels_give_the_same_answer_as_the_png(served, test_digits):
+def test_json_pixels_give_the_same_answer_as_the_png(app, test_digits):
     images, labels = test_digits
     for i in range(5):
-        s1, from_png = post_png(served, images[i])
-        s2, from_json = post_json(served, {"pixels": images[i].tolist()})
+        s1, from_png = post_png(app, images[i])
+        s2, from_json = post_json(app, {"pixels": images[i].tolist()})
         assert s1 == s2 == 200
         assert from_json["label"] == from_png["label"]
         assert from_json["probability"] == pytest.approx(from_png["probability"], abs=1e-5)
         assert from_json["file"] is None
 
 
-def test_top_k_and_the_image_the_model_saw(served, test_digits):
+def test_top_k_and_the_image_the_model_saw(app, test_digits):
     images, _ = test_digits
-    status, record = post_png(served, images[1], "?top_k=10&image=true")
+    status, record = post_png(app, images[1], "?top_k=10&image=true")
     assert status == 200
     probs = [t["probability"] for t in record["top_k"]]
     assert len(probs) == 10 and probs == sorted(probs, reverse=True)
@@ -118,7 +129,7 @@ def test_top_k_and_the_image_the_model_saw(served, test_digits):
     # an MNIST digit passes through preprocessing nearly unchanged
     assert np.abs(seen.astype(float) - images[1]).mean() < 3
     for bad in ("?top_k=0", "?top_k=11", "?top_k=two"):
-        status, answer = post_png(served, images[1], bad)
+        status, answer = post_png(app, images[1], bad)
         assert status == 422 and "top_k" in answer["error"]
 
 
@@ -208,16 +219,16 @@ def bad_requests(digit: np.ndarray) -> list[tuple[str, int, bytes, dict, str]]:
     return cases
 
 
-def test_every_bad_input_gets_a_clear_error_and_the_server_lives(served, test_digits):
+def test_every_bad_input_gets_a_clear_error_and_the_server_lives(app, test_digits):
     for case, expected, body, headers, word in bad_requests(test_digits[0][0]):
-        status, _, data = served.request("POST", "/v1/predict", body, headers)
+        status, _, data = app.request("POST", "/v1/predict", body, headers)
         assert status == expected, (case, status, data[:200])
         error = json.loads(data)["error"]
         assert word.lower() in error.lower(), (case, error)
         assert "\n" not in error and "Traceback" not in error
-    assert served.request("GET", "/healthz")[0] == 200
-    assert served.request("GET", "/no-such-page")[0] == 404
-    assert served.request("DELETE", "/v1/predict")[0] == 405
+    assert app.request("GET", "/healthz")[0] == 200
+    assert app.request("GET", "/no-such-page")[0] == 404
+    assert app.request("DELETE", "/v1/predict")[0] == 405
 
 
 def test_a_chunked_body_over_the_limit_is_refused(served):
@@ -269,22 +280,22 @@ def test_a_client_that_hangs_up_mid_body_is_no_error(served):
     assert '"POST /v1/predict" 499' in log  # logged as the client's doing
 
 
-def test_head_requests_for_health_checks(served):
+def test_head_requests_for_health_checks(app):
     for path in ("/", "/healthz", "/v1/model"):
-        status, _, body = served.request("HEAD", path)
+        status, _, body = app.request("HEAD", path)
         assert status == 200 and body == b""
 
 
-def test_the_api_docs_work_offline(served):
-    status, _, page = served.request("GET", "/docs")
+def test_the_api_docs_work_offline(app):
+    status, _, page = app.request("GET", "/docs")
     assert status == 200 and b"cdn." not in page and b"https://" not in page
     for asset in re.findall(rb'(?:src|href)="(/[^"]+)"', page):
-        assert served.request("GET", asset.decode())[0] == 200, asset
+        assert app.request("GET", asset.decode())[0] == 200, asset
 
 
-def test_feature_maps_for_the_page(served, real_run, test_digits):
+def test_feature_maps_for_the_page(app, real_run, test_digits):
     body, headers = multipart(png_bytes(test_digits[0][0]))
-    status, _, data = served.request("POST", "/v1/features", body, headers)
+    status, _, data = app.request("POST", "/v1/features", body, headers)
     assert status == 200
     stages = json.loads(data)["stages"]
     assert [s["name"] for s in stages] == ["layer1", "layer2", "layer3"]
@@ -301,7 +312,7 @@ def test_feature_maps_for_the_page(served, real_run, test_digits):
     x = torch.from_numpy((pre.image[None, None] - 0.1307) / 0.3081).float()
     relu = {s.name: s.maps for s in feature_maps(real_run.model.cpu(), x)}["layer2.relu"]
     assert stages[1]["channels"] == strongest_channels(relu, 16).tolist()
-    assert json.loads(served.request("GET", "/v1/model")[2])["features"] is True
+    assert json.loads(app.request("GET", "/v1/model")[2])["features"] is True
 
 
 def test_a_burst_of_concurrent_requests_all_succeed(served, test_digits):
@@ -324,9 +335,9 @@ def test_a_burst_of_concurrent_requests_all_succeed(served, test_digits):
     assert sum(ok for _, ok in results) >= 0.95 * 320
 
 
-def test_serves_an_exported_onnx_model(exported, test_digits, tmp_path):
+def test_serves_an_exported_onnx_model(exported, test_digits):
     images, labels = test_digits
-    server = Server(str(exported / "model.onnx"), tmp_path / "onnx.log")
+    server = InProcess(str(exported / "model.onnx"))
     try:
         info = json.loads(server.request("GET", "/v1/model")[2])
         assert info["runtime"] == "onnxruntime" and info["parameters"] == 1_379_557
@@ -387,3 +398,57 @@ def test_a_taken_port_is_a_one_line_error(real_run):
         done = run_cli(str(real_run.run_dir), "--port", str(s.getsockname()[1]))
     assert done.returncode == 2
     assert "cannot listen" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_importing_the_service_package_imports_neither_fastapi_nor_torch():
+    """`import mnist_cnn.serve` is light (the CLI's --help imports it); its names load on use."""
+    code = (
+        "import sys, mnist_cnn, mnist_cnn.serve\n"
+        "print([m for m in ('fastapi', 'uvicorn', 'torch', 'onnxruntime') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr
+
+    import mnist_cnn
+    import mnist_cnn.serve
+    from mnist_cnn.serve.app import create_app
+
+    assert mnist_cnn.create_app is mnist_cnn.serve.create_app is create_app
+
+
+def test_a_batch_waits_for_requests_being_preprocessed_and_no_longer(real_run, test_digits):
+    """A request inside ``expecting()`` (its body in, its image being preprocessed) joins the
+    batch being formed; a lone request's batch leaves at once, not after ``wait``."""
+    from mnist_cnn.serve.batcher import Batcher
+
+    predictor = served_predictor(str(real_run.run_dir))
+    images = test_digits[0][:2].astype(np.float32) / 255
+
+    async def scenario() -> tuple[list[int], float, np.ndarray]:
+        sizes: list[int] = []
+        batcher = Batcher(predictor, wait=30.0, on_batch=sizes.append)  # far beyond the test
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await batcher.probabilities(images[0])  # nobody else on the way
+        alone = loop.time() - start
+
+        async def preprocessed_late():
+            async with batcher.expecting():
+                await asyncio.sleep(0.3)  # preprocessing while the first image waits
+            return await batcher.probabilities(images[1])
+
+        late = asyncio.create_task(preprocessed_late())
+        await asyncio.sleep(0)  # the late request is expected before the first one queues
+        probs = await asyncio.gather(batcher.probabilities(images[0]), late)
+        with pytest.raises(ValueError):  # preprocessing failed: no longer expected
+            async with batcher.expecting():
+                raise ValueError
+        assert batcher.pending == 0
+        await batcher.stop()
+        return sizes, alone, np.stack(probs)
+
+    sizes, alone, probs = asyncio.run(scenario())
+    assert sizes == [1, 2]  # the first image alone, then both in one forward pass
+    assert alone < 10  # it did not wait the 30 s meant for requests on their way
+    np.testing.assert_allclose(probs, predictor.probabilities(images), atol=1e-6)

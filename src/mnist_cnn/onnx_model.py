@@ -42,7 +42,30 @@ class OnnxModel:
         self.mean, self.std = checked.mean, checked.std
         self.dataset = checked.dataset
         self.input_name = self.session.get_inputs()[0].name
+        self._check_weights(path)
         self._check_graph()
+
+    def _check_weights(self, source: str | os.PathLike | bytes) -> None:
+        """Refuse NaN or infinite initializers (the weights), naming the first, when the onnx
+        package is there to read them; without it, _check_graph still catches what reaches
+        the output."""
+        try:
+            import onnx
+            from onnx import numpy_helper
+        except ImportError:
+            return
+        try:
+            graph = (
+                onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(source)
+            ).graph
+        except Exception:  # ORT loaded it: what onnx cannot read, the probe still checks
+            return
+        for tensor in graph.initializer:
+            a = numpy_helper.to_array(tensor)
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise MnistCnnError(
+                    f"{self.path}: its weights hold NaN or infinite values ({tensor.name})"
+                )
 
     def _check_graph(self) -> None:
         """One image through the graph: (1, classes) finite logits, or a one-line refusal."""

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from .device import (
     seed_everything,
     select_device,
 )
+from .distributed import Ranks
 from .download import load_dataset
 from .errors import ConfigError, MnistCnnError
 from .evaluation import evaluate
@@ -232,8 +234,46 @@ def _new_run_dir(config: TrainConfig) -> Path:
     return run_dir
 
 
-def _run_config(config, data, splits, model, device, history, started) -> dict:
-    final = history[-1] if history else {}
+@dataclass
+class _Run:
+    """What a run trains and carries from epoch to epoch, built once."""
+
+    device: torch.device
+    model: CustomCNN  # the weights, in fp32: what is evaluated and saved
+    step_model: Any  # takes the steps: ``model``, or wrapped by DDP and/or torch.compile
+    eager_model: Any  # ``step_model`` before torch.compile, for an epoch's last, smaller batch
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None  # None: a constant learning rate
+    precision: str  # what config.precision is on this device: "fp32" or "bf16"
+    precision_reason: str
+    history: list[dict]  # one record per completed epoch, as in metrics.jsonl
+
+
+def _new_run(config: TrainConfig, data: Dataset, splits: _Splits, device, ranks: Ranks) -> _Run:
+    seed_everything(config.seed)  # the same initial weights on every rank
+    model = CustomCNN(ModelConfig(num_classes=data.info.num_classes, dropout=config.dropout))
+    model = model.to(device)
+    if device.type in ("cpu", "cuda"):
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # NHWC: faster on both
+    optimizer = _make_optimizer(model, config, device)
+    eager_model = ranks.wrap(model)  # DDP averages gradients across ranks; the weights stay model's
+    step_model = torch.compile(eager_model) if config.compile else eager_model  # same weights
+    precision, reason = resolve_precision(config.precision, device)
+    return _Run(
+        device=device,
+        model=model,
+        step_model=step_model,
+        eager_model=eager_model,
+        optimizer=optimizer,
+        scheduler=_make_scheduler(optimizer, config, len(splits.train_x)),
+        precision=precision,
+        precision_reason=reason,
+        history=[],
+    )
+
+
+def _run_config(config: TrainConfig, data: Dataset, splits: _Splits, run: _Run, started) -> dict:
+    model = run.model
     return {
         "format": FORMAT_VERSION,
         "model": {
@@ -253,12 +293,12 @@ def _run_config(config, data, splits, model, device, history, started) -> dict:
             "test_size": len(splits.test[0]),
         },
         "training": asdict(config),
-        "device": str(device),
-        "precision": resolve_precision(config.precision, device)[0],  # what "auto" became
+        "device": str(run.device),
+        "precision": run.precision,  # what "auto" became
         "versions": library_versions(),
         "created": started,
-        "epochs_completed": len(history),
-        "metrics": final,
+        "epochs_completed": len(run.history),
+        "metrics": run.history[-1] if run.history else {},
     }
 
 
@@ -288,12 +328,9 @@ def train(
     config = config or TrainConfig()
     config.validate()
     device = select_device(config.device)
-    ranks = None
-    if distributed.launched():
-        distributed.check_batch(config.batch_size)
-        ranks, device = distributed.start(device, dist_backend, dist_timeout)
-        if not ranks.main:
-            log, progress = (lambda line: None), False
+    ranks, device = distributed.join(device, config.batch_size, dist_backend, dist_timeout)
+    if not ranks.main:
+        log, progress = (lambda line: None), False
     try:
         with _RunLock(resume, ranks) as lock:  # one writer per run directory
             return _train(config, resume, saved, device, ranks, log, progress, lock)
@@ -306,9 +343,9 @@ class _RunLock(contextlib.ExitStack):
     resumed run (a second ``--resume`` exits at once, saying who holds it), from its creation
     for a new one (``hold``)."""
 
-    def __init__(self, resume, ranks):
+    def __init__(self, resume, ranks: Ranks):
         super().__init__()
-        self.writer = ranks is None or ranks.main
+        self.writer = ranks.main
         if resume is not None:
             self.hold(Path(resume))
 
@@ -317,111 +354,84 @@ class _RunLock(contextlib.ExitStack):
             self.enter_context(DirectoryLock(run_dir, "train"))
 
 
-def _train(config, resume, saved, device, ranks, log, progress, lock) -> TrainResult:
+def _train(config, resume, saved, device, ranks: Ranks, log, progress, lock) -> TrainResult:
     configure_determinism(config.deterministic, device)
-    if ranks is not None and ranks.local_rank != 0:
-        distributed.barrier()  # one process per machine finds (or downloads) the data first
-    data = load_dataset(config.dataset, config.data_dir, progress=progress)
-    if ranks is not None and ranks.local_rank == 0:
-        distributed.barrier()
+    with ranks.local_first():  # one process per machine finds (or downloads) the data first
+        data = load_dataset(config.dataset, config.data_dir, progress=progress)
     splits = _make_splits(data, config, device)
-
-    seed_everything(config.seed)  # the same initial weights on every rank
-    model_config = ModelConfig(num_classes=data.info.num_classes, dropout=config.dropout)
-    model = CustomCNN(model_config).to(device)
-    if device.type in ("cpu", "cuda"):
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # NHWC: faster on both
-    optimizer = _make_optimizer(model, config, device)
-    scheduler = _make_scheduler(optimizer, config, len(splits.train_x))
-    if ranks is not None:  # dropout and augmentation differ between ranks, as they should
-        torch.manual_seed(config.seed + 1_000_003 * (ranks.rank + 1))
+    run = _new_run(config, data, splits, device, ranks)
+    ranks.seed_streams(config.seed)  # dropout and augmentation differ between ranks, as they should
     if resume is None:
-        started, history = _now(), []
-
-        def create() -> Path:
-            run_dir = _new_run_dir(config)
-            lock.hold(run_dir)
-            # config.json first: a run killed in its first epoch can still be resumed
-            first = _run_config(config, data, splits, model, device, [], started)
-            atomic_write_json(run_dir / CONFIG_FILE, first)
-            return run_dir
-
-        run_dir = _on_writer(ranks, create)
+        started = _now()
+        run_dir = ranks.on_main(_create_run_dir, config, data, splits, run, started, lock)
     else:
         run_dir, started = Path(resume), saved.get("created") or _now()
-        history = _restore(run_dir, model, optimizer, scheduler, device, ranks)
-    log(
+        run.history = _restore(run_dir, run, ranks)
+    for line in _start_lines(config, data, splits, run, ranks, run_dir):
+        log(line)
+    run_log = RunLog(run_dir, tensorboard=config.tensorboard, first_epoch=len(run.history) + 1)
+    for epoch in range(len(run.history), config.epochs):
+        record = _train_epoch(run, splits, config, epoch, ranks, progress)
+        record.update(_eval_record(run.model, splits, data, config, ranks))
+        run.history.append(record)
+        ranks.on_main(
+            write_checkpoint,
+            run_dir,
+            config=_run_config(config, data, splits, run, started),
+            history=run.history,
+            model=run.model,
+            state=_checkpoint_state(run, ranks),  # on every rank: it gathers their RNG states
+        )
+        ranks.on_main(run_log.epoch, record, run.model, run.optimizer.param_groups[0]["lr"])
+        log(format_epoch(record, config.epochs))
+    ranks.on_main(run_log.finish, run.model, splits.test, data.info, config.eval_batch_size)
+    return TrainResult(run_dir=run_dir, model=run.model, history=run.history)
+
+
+def _create_run_dir(config, data, splits, run: _Run, started: str, lock: _RunLock) -> Path:
+    run_dir = _new_run_dir(config)
+    lock.hold(run_dir)
+    # config.json first: a run killed in its first epoch can still be resumed
+    atomic_write_json(run_dir / CONFIG_FILE, _run_config(config, data, splits, run, started))
+    return run_dir
+
+
+def _start_lines(config, data, splits, run: _Run, ranks: Ranks, run_dir: Path) -> list[str]:
+    """What the log says as training starts."""
+    lines = [
         f"training {ARCHITECTURE} on {data.info.name}: {len(splits.train_x):,} train / "
-        f"{len(splits.test[0]):,} test images from {data.source}, on {device}; "
+        f"{len(splits.test[0]):,} test images from {data.source}, on {run.device}; "
         f"run directory {run_dir}"
-    )
-    if ranks is not None:
+    ]
+    if ranks.world_size > 1:
         per = config.batch_size // ranks.world_size
-        log(
+        lines.append(
             f"distributed: {ranks.world_size} processes ({ranks.backend}), a global batch of "
             f"{config.batch_size} = {per} images per process per step"
         )
-    precision, why = resolve_precision(config.precision, device)
-    log(f"precision: {precision} ({why}); weights, evaluation and checkpoints in fp32")
-    if len(history) >= config.epochs:
-        log(f"{run_dir} has already completed {len(history)} of {config.epochs} epochs")
-    step_model: Any = model  # or wrapped: DistributedDataParallel, torch.compile
-    if ranks is not None:  # averages gradients across ranks; the weights stay ``model``'s
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [device.index] if device.type == "cuda" else None
-        step_model = DistributedDataParallel(model, device_ids=ids)
-    eager_model = step_model
-    if config.compile:
-        step_model = torch.compile(step_model)  # shares the weights
-    run_log = RunLog(run_dir, tensorboard=config.tensorboard, first_epoch=len(history) + 1)
-    for epoch in range(len(history), config.epochs):
-        record = _train_epoch(
-            step_model, optimizer, scheduler, splits, config, epoch, progress, ranks, eager_model
+    lines.append(
+        f"precision: {run.precision} ({run.precision_reason}); "
+        "weights, evaluation and checkpoints in fp32"
+    )
+    if len(run.history) >= config.epochs:
+        lines.append(
+            f"{run_dir} has already completed {len(run.history)} of {config.epochs} epochs"
         )
-        record.update(_eval_record(model, splits, data, config, ranks))
-        history.append(record)
-        state = {
-            "epoch": epoch + 1,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler else None,
-            "rng": _rng_state(device),
-        }
-        if ranks is not None:  # every rank's random state, so a resumed run goes on as each was
-            state["rng_ranks"] = distributed.gather(state["rng"])
-        run_config = _run_config(config, data, splits, model, device, history, started)
-        _on_writer(
-            ranks,
-            write_checkpoint,
-            run_dir,
-            config=run_config,
-            history=history,
-            model=model,
-            state=state,
-        )
-        _on_writer(ranks, run_log.epoch, record, model, optimizer.param_groups[0]["lr"])
-        log(format_epoch(record, config.epochs))
-    _on_writer(ranks, run_log.finish, model, splits.test, data.info, config.eval_batch_size)
-    return TrainResult(run_dir=run_dir, model=model, history=history)
+    return lines
 
 
-def _on_writer(ranks, action, *args, **kwargs):
-    """``action(*args, **kwargs)`` in the process that writes the run (rank 0, or the only
-    one); its result for every rank. Under torchrun a failure there (a taken --name, a full
-    disk) stops every rank with its message, rather than leaving them waiting for rank 0."""
-    if ranks is None:
-        return action(*args, **kwargs)
-    result, error = None, None
-    if ranks.main:
-        try:
-            result = action(*args, **kwargs)
-        except (MnistCnnError, OSError) as e:
-            error = str(e) if isinstance(e, MnistCnnError) else f"{e.filename}: {e.strerror}"
-    result, error = distributed.gather((result, error))[0]  # rank 0's, for every rank
-    if error:
-        raise MnistCnnError(error)
-    return result
+def _checkpoint_state(run: _Run, ranks: Ranks) -> dict:
+    """What state.pt holds after the epochs in ``run.history``."""
+    state = {
+        "epoch": len(run.history),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict() if run.scheduler else None,
+        "rng": _rng_state(run.device),
+    }
+    if ranks.world_size > 1:  # every rank's random state, so a resumed run goes on as each was
+        state["rng_ranks"] = ranks.gather(state["rng"])
+    return state
 
 
 def _now() -> str:
@@ -460,20 +470,22 @@ def _make_scheduler(optimizer, config: TrainConfig, n: int):
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps)
 
 
-def _restore(run_dir: Path, model, optimizer, scheduler, device, ranks=None) -> list[dict]:
-    """Load a run's last complete epoch into ``model`` and ``optimizer``; returns its history."""
-    if ranks is None or ranks.main:
+def _restore(run_dir: Path, run: _Run, ranks: Ranks) -> list[dict]:
+    """Load a run's last complete epoch into ``run``'s model, optimizer, schedule and random
+    streams; returns its history."""
+    if ranks.main:
         remove_stale_temp_files(run_dir)  # from a write the crash interrupted
     state = load_state(run_dir)
     if state is None:
         return []  # killed during its first epoch: start it again
-    restore_state(state, run_dir / STATE_FILE, model, optimizer, scheduler, _rng_state(device))
-    rng = state["rng"]
-    if ranks is not None and len(state.get("rng_ranks") or []) == ranks.world_size:
-        rng = state["rng_ranks"][ranks.rank]  # each rank's own, when the world is the same
-    _set_rng_state(rng, device)
-    if ranks is not None and rng is state["rng"]:  # a new world size: fresh, different streams
-        torch.manual_seed(1_000_003 * (ranks.rank + 1) + 7919 * state["epoch"])
+    current_rng = _rng_state(run.device)
+    restore_state(state, run_dir / STATE_FILE, run.model, run.optimizer, run.scheduler, current_rng)
+    streams = state.get("rng_ranks") or [state["rng"]]
+    if len(streams) == ranks.world_size:  # the same world: each rank's own stream goes on
+        _set_rng_state(streams[ranks.rank], run.device)
+    else:  # another world size: rank 0's, and with several ranks fresh, different streams
+        _set_rng_state(state["rng"], run.device)
+        ranks.seed_streams(7919 * state["epoch"])
     history = read_metrics(run_dir)[: state["epoch"]]
     if len(history) != state["epoch"]:
         raise MnistCnnError(
@@ -482,28 +494,17 @@ def _restore(run_dir: Path, model, optimizer, scheduler, device, ranks=None) -> 
     return history
 
 
-def _train_epoch(
-    model,
-    optimizer,
-    scheduler,
-    splits: _Splits,
-    config: TrainConfig,
-    epoch,
-    progress,
-    ranks=None,
-    eager_model=None,
-) -> dict:
-    """One epoch of steps. ``eager_model`` (the uncompiled ``model``, same weights) takes the
-    epoch's last, smaller batch, for which a compiled model would compile a second graph."""
+def _train_epoch(run: _Run, splits: _Splits, config: TrainConfig, epoch, ranks: Ranks, progress):
+    """One epoch of steps. The epoch's last, smaller batch goes to the eager model, for which a
+    compiled model would compile a second graph."""
     from tqdm import tqdm
 
     device = splits.train_x.device
     n, bs = len(splits.train_x), config.batch_size
     order = epoch_permutation(n, config.seed, epoch).to(device)
-    bf16 = resolve_precision(config.precision, device)[0] == "bf16"
-    autocast = torch.autocast(device.type, torch.bfloat16, enabled=bf16)  # weights stay fp32
-    model.train()
-    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=run.precision == "bf16")
+    run.step_model.train()
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)  # of this rank's images
     steps = math.ceil(n / bs)
     bar = tqdm(
         total=steps,
@@ -516,40 +517,30 @@ def _train_epoch(
     for step in range(steps):
         idx = order[step * bs : (step + 1) * bs]
         size = len(idx)  # the global batch; this rank trains on its own slice of it
-        if ranks is not None:
-            idx = ranks.shard(idx)
+        idx = ranks.shard(idx)
         x = splits.train_x[idx].float() / 255  # (B, 1, 28, 28) in 0..1
         x = augment_batch(x, config.augment)
         x = ((x - splits.mean) / splits.std).contiguous(memory_format=torch.channels_last)
-        with autocast:
-            logits = (model if size == bs or eager_model is None else eager_model)(x)
-        if ranks is None:
-            loss = F.cross_entropy(
-                logits.float(), splits.train_y[idx], label_smoothing=config.label_smoothing
-            )
-        else:  # DDP averages over ranks: scaled so the average is the global batch's mean
-            loss = F.cross_entropy(
-                logits.float(),
-                splits.train_y[idx],
-                reduction="sum",
-                label_smoothing=config.label_smoothing,
-            )
-            loss = loss * (ranks.world_size / size)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        total_loss += loss.detach().double() * (
-            len(idx) if ranks is None else size / ranks.world_size
+        with autocast:  # the weights stay fp32
+            logits = (run.step_model if size == bs else run.eager_model)(x)
+        losses = partial(
+            F.cross_entropy,
+            logits.float(),
+            splits.train_y[idx],
+            label_smoothing=config.label_smoothing,
         )
+        loss = ranks.batch_loss(losses, size)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        if run.scheduler is not None:
+            run.scheduler.step()
+        total_loss += loss.detach().double() * (size / ranks.world_size)
         if progress and (step % 20 == 0 or step == steps - 1):
             rate = (step + 1) * bs / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:,.0f}", refresh=False)
         bar.update(1)
-    if ranks is not None:
-        total_loss = torch.tensor(distributed.all_sum([float(total_loss)], device)[0])
-    train_loss = float(total_loss) / n  # synchronizes the device before the clock stops
+    train_loss = ranks.sum([float(total_loss)])[0] / n  # float(): waits for the device
     seconds = time.perf_counter() - start
     bar.close()
     return {
@@ -560,46 +551,30 @@ def _train_epoch(
     }
 
 
-def _eval_record(model, splits: _Splits, data: Dataset, config: TrainConfig, ranks=None) -> dict:
+def _eval_record(model, splits: _Splits, data: Dataset, config: TrainConfig, ranks: Ranks) -> dict:
     """Test (and validation) accuracy and loss; with several ranks each evaluates its own
-    slice and the sums are reduced, so every rank gets the whole set's figures."""
+    slice and the figures are pooled, so every rank gets the whole set's."""
 
-    def run(images, labels) -> tuple[float, float]:
-        if ranks is not None:
-            rows = ranks.shard(torch.arange(len(images), device=images.device))
-            images, labels = images[rows], labels[rows]
-        result = (
-            evaluate(
-                model,
-                images,
-                labels,
-                mean=data.info.mean,
-                std=data.info.std,
-                num_classes=data.info.num_classes,
-                batch_size=config.eval_batch_size,
-            )
-            if len(images)
-            else None
+    def score(images, labels) -> tuple[float, float]:
+        images, labels = ranks.shard(images), ranks.shard(labels)
+        if not len(images):  # more ranks than images
+            return ranks.pool(0.0, 0.0, 0)
+        result = evaluate(
+            model,
+            images,
+            labels,
+            mean=data.info.mean,
+            std=data.info.std,
+            num_classes=data.info.num_classes,
+            batch_size=config.eval_batch_size,
         )
-        if ranks is None:
-            assert result is not None  # one process: never an empty split
-            return result.accuracy, result.loss
-        count = len(images)
-        right, loss, total = distributed.all_sum(
-            [
-                round(result.accuracy * count) if result else 0.0,  # whole images right
-                result.loss * count if result else 0.0,
-                float(count),
-            ],
-            splits.train_x.device,
-        )
-        return right / total, loss / total
+        return ranks.pool(result.accuracy, result.loss, len(images))
 
     record: dict = {}
     if splits.val is not None:
-        accuracy, loss = run(*splits.val)
+        accuracy, loss = score(*splits.val)
         record.update(val_loss=loss, val_accuracy=accuracy)
-    accuracy, loss = run(*splits.test)
+    accuracy, loss = score(*splits.test)
     record.update(test_loss=loss, test_accuracy=accuracy)
     return record
 

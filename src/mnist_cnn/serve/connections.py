@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from uvicorn import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .defaults import SERVE_BODY_TIMEOUT as DEFAULT_BODY_TIMEOUT
-from .defaults import SERVE_HEADER_TIMEOUT as DEFAULT_HEADER_TIMEOUT
-from .defaults import SERVE_MAX_HEADER_BYTES as DEFAULT_MAX_HEADER_BYTES
+from ..defaults import SERVE_BODY_TIMEOUT as DEFAULT_BODY_TIMEOUT
+from ..defaults import SERVE_HEADER_TIMEOUT as DEFAULT_HEADER_TIMEOUT
+from ..defaults import SERVE_MAX_HEADER_BYTES as DEFAULT_MAX_HEADER_BYTES
 
 log = logging.getLogger("mnist_cnn.serve")
 

@@ -1,20 +1,22 @@
 """The model the service runs: a run directory on ONNX Runtime (exported in memory and checked
-against PyTorch at start), and the checks that refuse a broken model before serving it."""
+against PyTorch at start), and what ``GET /v1/model`` says about it.
+
+A broken model is refused at start, with one line, by the loaders themselves: the config's
+schema (mean, std), ``checkpoint.check_finite`` (weights), and ``OnnxModel`` (its initializers,
+its metadata, and a blank image through its graph)."""
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from .defaults import SERVE_RUNTIMES as RUNTIMES
-from .errors import ConfigError, MnistCnnError
-from .onnx_model import OnnxModel
-from .predict import Predictor
+from ..defaults import SERVE_RUNTIMES as RUNTIMES
+from ..errors import ConfigError, MnistCnnError
+from ..onnx_model import OnnxModel
+from ..predict import Predictor
 
 log = logging.getLogger("mnist_cnn.serve")
 
@@ -45,7 +47,7 @@ def load(
     runtime: str = "auto",
     onnx: str | None = None,
 ) -> Predictor:
-    """``run`` as the service runs it, checked (:func:`check`).
+    """``run`` as the service runs it.
 
     ``runtime`` "auto" runs a run directory on ONNX Runtime when it is installed (with the
     exporter) and the device is the CPU, else on PyTorch. ``onnx`` is an already exported and
@@ -56,18 +58,13 @@ def load(
     if str(run).endswith(".onnx"):
         if runtime == "pytorch":
             raise MnistCnnError(f"{run}: an .onnx file runs on ONNX Runtime, not PyTorch")
-        return check(Predictor.from_run(run, threads=threads))
-    try:  # PyTorch: fails here, with one line, if the run is unusable
-        predictor = check(Predictor.from_run(run, device, threads))
-    except (TypeError, ValueError, KeyError) as e:  # config.json's mean/std not numbers
-        raise MnistCnnError(f"{run}: unusable normalization in its config ({e})") from None
+        return Predictor.from_run(run, threads=threads)
+    predictor = Predictor.from_run(run, device, threads)  # PyTorch: one line if unusable
     if onnx is not None:
         return Predictor(ExportedRun(onnx, predictor.model, threads))
     why_not = _why_not_onnxruntime(device) if runtime != "pytorch" else "asked for"
     if why_not is None:
-        return check(
-            Predictor(ExportedRun(export_checked(predictor.model), predictor.model, threads))
-        )
+        return Predictor(ExportedRun(export_checked(predictor.model), predictor.model, threads))
     if runtime == "onnxruntime":
         raise ConfigError("runtime", f"onnxruntime: {why_not}")
     log.info("serving on PyTorch (%s)", why_not)
@@ -90,7 +87,7 @@ def export_checked(trained) -> bytes:
     images as ``mnist-cnn export`` checks them (max |difference| <= 1e-4)."""
     import torch
 
-    from .export import ParityError, _check_fp32, _export_onnx
+    from ..export import ParityError, _check_fp32, _export_onnx
 
     with tempfile.TemporaryDirectory(prefix="mnist-cnn-serve-") as work:
         path = Path(work) / "model.onnx"
@@ -103,49 +100,59 @@ def export_checked(trained) -> bytes:
     return data
 
 
-def check(predictor: Predictor) -> Predictor:
-    """Refuse, with one line, a model that would answer nonsense or 500s: non-finite or
-    non-positive normalization, non-finite weights, or non-finite answers to a probe."""
+@dataclass
+class ModelInfo:
+    architecture: str
+    dataset: str
+    classes: list[str]
+    test_accuracy: float | None
+    parameters: int | None
+    runtime: str
+    mean: float
+    std: float
+
+
+def model_info(predictor) -> ModelInfo:
+    """What ``GET /v1/model`` says about the model behind ``predictor``."""
     model = predictor.model
-    name = getattr(model, "path", None) or getattr(model, "run_dir", None) or "the model"
-    for key in ("mean", "std"):
-        value = getattr(model, key)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise MnistCnnError(f"{name}: its {key} ({value}) is not a finite number")
-    if model.std <= 0:
-        raise MnistCnnError(f"{name}: its std ({model.std}) must be positive")
-    bad = _non_finite_weights(model)
-    if bad:
-        raise MnistCnnError(f"{name}: its weights hold NaN or infinite values ({bad})")
-    probe = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
-    probe[0] = 0
-    if not np.isfinite(predictor.probabilities(probe)).all():
-        raise MnistCnnError(f"{name}: answers NaN or infinite probabilities")
-    return predictor
+    if hasattr(model, "session"):  # an exported .onnx on ONNX Runtime
+        meta = model.metadata
+        accuracy = _float_or_none(meta.get("test_accuracy"))
+        parameters = int(meta["parameters"]) if meta.get("parameters", "").isdigit() else None
+        architecture, runtime = meta.get("architecture", "CustomCNN"), "onnxruntime"
+    else:
+        from ..model import count_parameters
+
+        metrics = model.config.get("metrics") or {}
+        accuracy = _float_or_none(metrics.get("test_accuracy"))
+        parameters = count_parameters(model.model)
+        architecture, runtime = model.config["model"]["architecture"], "pytorch"
+    return ModelInfo(
+        architecture,
+        model.dataset,
+        list(model.classes),
+        accuracy,
+        parameters,
+        runtime,
+        float(model.mean),
+        float(model.std),
+    )
 
 
-def _non_finite_weights(model) -> str | None:
-    """The first tensor of the model that holds NaN or infinity, by name."""
-    if hasattr(model, "session"):  # ONNX: read its initializers when the onnx package is there
-        if isinstance(model, ExportedRun):
-            return None  # exported from a model checked already
-        try:
-            import onnx
-            from onnx import numpy_helper
-        except ImportError:
-            return None  # the probe still catches what reaches the output
-        graph = onnx.load(str(model.path)).graph
-        for tensor in graph.initializer:
-            a = numpy_helper.to_array(tensor)
-            if a.dtype.kind == "f" and not np.isfinite(a).all():
-                return tensor.name
+def model_labels(info: ModelInfo) -> dict[str, str]:
+    return {
+        "architecture": info.architecture,
+        "dataset": info.dataset,
+        "runtime": info.runtime,
+        "classes": str(len(info.classes)),
+    }
+
+
+def _float_or_none(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
         return None
-    import torch
-
-    for key, tensor in model.model.state_dict().items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            return key
-    return None
 
 
 def default_workers() -> int:
