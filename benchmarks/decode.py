@@ -6,9 +6,13 @@ grayscale), both followed by ``to_mnist``, on the labelled real handwriting set,
 (the machine may be shared):
 
     python benchmarks/decode.py /work/shared/data/handwriting [--run RUN]
+    python benchmarks/decode.py /work/shared/data/handwriting --crop IMAGE
 
 With ``--run``, both paths' 28x28 images go through the model and the script prints the
-accuracy of each and how many answers differ.
+accuracy of each and how many answers differ. With ``--crop FILE``, it times instead the
+service's typical photo crop: FILE resized to 131x223, through to_mnist alone and decoded from
+its PNG (RGB) then preprocessed; CPU ms per image, median of rounds of 200 calls. On a shared
+machine, run it for two versions side by side (PYTHONPATH=... each) and compare the ratio.
 """
 
 from __future__ import annotations
@@ -50,6 +54,33 @@ def timed(fn, data: bytes, repeat: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+def time_crop(path: str, rounds: int = 7, calls: int = 200) -> None:
+    """CPU ms per image for a 131x223 crop of ``path``: to_mnist, and PNG decode + to_mnist."""
+    with Image.open(path) as img:
+        small = img.convert("RGB").resize((131, 223), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    small.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    gray = np.asarray(small.convert("L"), np.float32) / 255.0
+    paths = {
+        "to_mnist": lambda: to_mnist(gray),
+        f"PNG ({len(data) // 1024} KB) + to_mnist": lambda: to_mnist(load_image(data)),
+    }
+    for name, fn in paths.items():
+        for _ in range(20):  # warm up
+            fn()
+        times = []
+        for _ in range(rounds):
+            start = time.process_time()
+            for _ in range(calls):
+                fn()
+            times.append((time.process_time() - start) / calls * 1000)
+        print(
+            f"131x223 crop, {name}: median {statistics.median(times):.3f} ms "
+            f"(range {min(times):.3f}-{max(times):.3f}, {rounds} rounds of {calls})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="a folder with labels.csv (file,label,...) and images")
@@ -57,6 +88,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="timings per image (5)")
     parser.add_argument("--show", nargs="*", default=[], help="files to report one by one")
     parser.add_argument("--side", type=int, help="reduce to this side instead of REDUCED_SIDE")
+    parser.add_argument("--crop", metavar="FILE", help="time a 131x223 crop of FILE instead")
     args = parser.parse_args()
     if args.side:
         preprocessing.REDUCED_SIDE = args.side
@@ -64,6 +96,9 @@ def main() -> None:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
     except (AttributeError, OSError):
         pass
+    if args.crop:
+        time_crop(args.crop)
+        return
     folder = Path(args.folder)
     rows = list(csv.DictReader((folder / "labels.csv").open()))
     fast_ms, full_ms, fast_images, full_images, labels = [], [], [], [], []

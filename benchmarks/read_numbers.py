@@ -13,13 +13,17 @@ predict reads each one by itself (the model's share of the errors; the rest is s
 Last, the time to read a 4-digit number from a 12-megapixel photo (JPEG file, one thread).
 
     python benchmarks/read_numbers.py RUN [--count 100] [--lengths 2 ... 8] [--seed 0]
-                                     [--handwriting DIR]
+                                     [--handwriting DIR] [--record numbers.jsonl]
+
+``--record`` writes every number read (source, variant, truth, what was read) as JSON lines:
+two versions of the code compared number by number, not only by their totals.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import statistics
 import tempfile
 import time
@@ -60,8 +64,9 @@ def edit_distance(a: str, b: str) -> int:
     return row[-1]
 
 
-def measure(predictor, inks, labels, alone, count, rng, lengths=LENGTHS) -> dict:
-    """{(variant, length): figures} for ``count`` numbers of each kind."""
+def measure(predictor, inks, labels, alone, count, rng, lengths=LENGTHS, record=None) -> dict:
+    """{(variant, length): figures} for ``count`` numbers of each kind; each number read is
+    appended to ``record`` (a list) where given."""
     results = {}
     for variant, (touching, photo) in VARIANTS.items():
         for length in lengths:
@@ -72,8 +77,11 @@ def measure(predictor, inks, labels, alone, count, rng, lengths=LENGTHS) -> dict
                 truth = "".join(str(labels[i]) for i in pick)
                 height = int(rng.integers(28, 64))
                 canvas, _ = compose_number([inks[i] for i in pick], rng, height, touching)
-                number = predictor.read(number_image(canvas, rng, photo))["number"]
+                # an image read as an error counts as wrong (no number)
+                number = predictor.read(number_image(canvas, rng, photo)).get("number", "")
                 right += number == truth
+                if record is not None:
+                    record.append({"variant": variant, "truth": truth, "read": number})
                 alone_right += all(alone[pick] == labels[pick])
                 too_many += len(number) > length
                 too_few += len(number) < length
@@ -136,16 +144,23 @@ def main() -> None:
     here = Path(__file__).resolve().parent
     parser.add_argument("--handwriting", type=Path,
                         default=here.parent.parent / "shared" / "data" / "handwriting")  # fmt: skip
+    parser.add_argument("--record", type=Path, help="every number read, as JSON lines")
     args = parser.parse_args()
     predictor = Predictor.from_run(args.run)
     rng = np.random.default_rng(args.seed)
     sources = [("MNIST test digits", mnist_digits(predictor, args.data_dir))]
     if (args.handwriting / "labels.csv").exists():
         sources.append(("real handwriting", handwriting_digits(predictor, args.handwriting)))
+    record: list[dict] = []
     for title, (inks, labels) in sources:
         alone = predicted_alone(predictor, inks)
-        results = measure(predictor, inks, labels, alone, args.count, rng, args.lengths)
+        start = len(record)
+        results = measure(predictor, inks, labels, alone, args.count, rng, args.lengths, record)
         print_table(title, results, args.count)
+        for r in record[start:]:
+            r["source"] = title
+    if args.record:
+        args.record.write_text("".join(json.dumps(r) + "\n" for r in record))
     times = sorted(1000 * t for t in photo_timing(predictor, sources[0][1][0], rng))
     print(f"\n4-digit number in a 12-megapixel JPEG photo, read from the file on one thread: "
           f"median {statistics.median(times):.0f} ms (range {times[0]:.0f}-{times[-1]:.0f} ms, "

@@ -141,3 +141,51 @@ def test_pixel_limit_refuses_before_decoding(tmp_path):
     # allowed, and box-reduced by 12 on the way in (to REDUCED_SIDE, 256): a 20-pixel digit
     # needs no more
     assert load_image(path, max_pixels=6_000_000).shape == (167, 250)
+
+
+def test_a_large_digit_is_cut_at_crop_side_as_at_twice_that(digits, monkeypatch):
+    """The digit's crop is box-reduced to CROP_SIDE (160) before it is measured, thickened
+    and fitted to the box: a digit 300 pixels tall, thick or fine, comes out as it does
+    from a crop kept at 320."""
+    from mnist_cnn import preprocessing
+
+    for i, fine in ((1, True), (2, False), (8, False)):
+        img = np.asarray(on_canvas(digits[0][i], size=300, canvas=(420, 420)), np.float32) / 255
+        if fine:
+            img = np.where(img < 0.15, 0.0, 1.0).astype(np.float32)  # a fine pen's core
+        reduced = preprocess(img).image
+        monkeypatch.setattr(preprocessing, "CROP_SIDE", 320)
+        assert np.abs(reduced - preprocess(img).image).mean() < 0.02
+        monkeypatch.undo()
+
+
+def test_thickening_is_repeated_3x3_maxima():
+    """_thicken's one (2k + 1) maximum filter against k plain 3x3 maxima, edges included."""
+    from scipy import ndimage
+
+    from mnist_cnn.preprocessing import _thicken
+
+    crop = np.zeros((150, 90), np.float32)
+    crop[10:140, 44:46] = 1.0  # a 2-pixel stroke, 1/3 pixel in the 20-pixel box: thin
+    crop[0, 0] = 0.7  # ink on the edge
+    out = _thicken(crop)
+    k = (out.shape[0] - crop.shape[0]) // 2
+    assert k >= 1 and out.shape == (150 + 2 * k, 90 + 2 * k)
+    expected = np.pad(crop, k)
+    for _ in range(k):
+        expected = ndimage.maximum_filter(expected, size=3, mode="constant", cval=0.0)
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("zeros", [0.2, 0.5, 0.9])
+def test_the_noise_floor_is_the_median_and_deviation_of_the_paper(zeros):
+    from mnist_cnn.preprocessing import _stretch
+
+    rng = np.random.default_rng(0)
+    ink = rng.uniform(0, 0.2, (60, 40)).astype(np.float32)
+    ink[rng.random(ink.shape) < zeros] = 0.0  # away from the digit
+    ink[20:40, 15:25] = 0.9  # a stroke
+    _, floor, _ = _stretch(ink, 0.5)
+    paper = ink[ink <= 0.5].astype(np.float64)
+    median = np.median(paper)
+    assert floor == pytest.approx(median + 3 * 1.4826 * np.median(np.abs(paper - median)))

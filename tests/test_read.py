@@ -12,8 +12,9 @@ from servers import multipart
 from test_browser import browser, settled, stroke  # noqa: F401 (the browser fixture)
 
 from mnist_cnn.cli import main
+from mnist_cnn.ink import components
 from mnist_cnn.predict import Predictor
-from mnist_cnn.segment import find_ink, label
+from mnist_cnn.segment import find_ink
 from mnist_cnn.synthetic import compose_number, ink_crop, number_image
 
 
@@ -61,14 +62,21 @@ def flood_fill_labels(mask: np.ndarray) -> list[set]:
 
 
 def test_connected_components_match_a_flood_fill():
+    """The components segment groups into digits (ink.components): pixels, boxes and masses
+    against a plain flood fill."""
     rng = np.random.default_rng(0)
     for _ in range(100):
         mask = rng.random(tuple(rng.integers(1, 25, size=2))) < rng.uniform(0.1, 0.7)
-        labels, count = label(mask)
+        ink = rng.random(mask.shape).astype(np.float32)
+        labels, comps = components(mask, ink)
         expected = flood_fill_labels(mask)
-        assert count == len(expected)
-        found = [set(zip(*np.nonzero(labels == k), strict=True)) for k in range(1, count + 1)]
+        assert len(comps) == len(expected)
+        found = [set(zip(*np.nonzero(labels == c.label), strict=True)) for c in comps]
         assert sorted(map(sorted, found)) == sorted(map(sorted, expected))
+        for c, pixels in zip(comps, found, strict=True):
+            ys, xs = zip(*pixels, strict=True)
+            assert c.box == (min(ys), max(ys) + 1, min(xs), max(xs) + 1)
+            assert c.mass == pytest.approx(sum(float(ink[p]) for p in pixels), rel=1e-6)
 
 
 def test_separated_digits_are_found_in_their_boxes_left_to_right(predictor, sure_digits):
@@ -142,7 +150,7 @@ def test_touching_digits_are_cut_apart(predictor, sure_digits, number):
     for x0, ink in placed:
         region = canvas[20 : 20 + ink.shape[0], x0 : x0 + ink.shape[1]]
         np.maximum(region, ink, out=region)
-    assert label(canvas > 0.5)[1] == 1  # one piece of ink
+    assert len(components(canvas > 0.5, canvas)[1]) == 1  # one piece of ink
     record = predictor.read(1 - canvas)
     assert record["number"] == number, record
 
@@ -247,3 +255,21 @@ def test_number_mode_of_the_page(browser, served, tmp_path):  # noqa: F811
     assert abs(square["width"] - square["height"]) < 2  # back to the square pad
     assert not errors, errors
     context.close()
+
+
+def test_a_cut_with_no_ink_is_a_hypothesis_never_chosen_not_a_failed_read():
+    """A cut hypothesis whose piece holds no ink of its own scores -inf (to_mnist finds no
+    ink in it) instead of failing the whole read."""
+    from mnist_cnn.segment import Part, _scores
+
+    page = find_ink(np.asarray(Image.open(io.BytesIO(draw_strokes(ONE))), np.float32) / 255)
+    (one,) = page.comps
+    t, b, left, r = one.box
+    ink = Part(left, t, r, b, one.mass, (one.label,))
+    beside = Part(left - 40, t, left - 20, b, one.mass, (one.label,))  # its columns, no ink
+
+    def uniform(images):
+        return np.full((len(images), 10), 0.1)
+
+    score = _scores(page, [ink, beside], uniform)
+    assert np.isfinite(score[0]) and score[1] == -np.inf

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from . import ink as ink_
 from .defaults import MAX_IMAGE_PIXELS as DEFAULT_MAX_PIXELS
@@ -30,6 +31,10 @@ IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 REDUCED_SIDE = 256
 BOX = 20  # MNIST's digits fit a 20x20 box ...
 SIZE = 28  # ... centred by mass in a 28x28 field
+# The digit's crop is box-reduced to at most this side before the ink is measured, thickened
+# and fitted to the box: 8x the box is as exact for the 20-pixel result (no answer changed on
+# the handwriting set or the renders against 16x), and 4x fewer pixels to work on.
+CROP_SIDE = 8 * BOX
 
 
 class ImageError(MnistCnnError):
@@ -221,7 +226,7 @@ def to_mnist(gray: np.ndarray, style: str = "mnist") -> Preprocessed:
 
 def _digit_ink(gray: np.ndarray, steps: dict, depth: int = 0) -> tuple[bool, np.ndarray]:
     """(whether the image was dark ink on light, the digit's ink 0..1 bright on black, cropped
-    near it at up to 2 * 8 * BOX pixels a side); the other ink (specks, shadows, lines, frames)
+    near it at up to CROP_SIDE pixels a side); the other ink (specks, shadows, lines, frames)
     is gone. Found on a reduced copy (ink.py), cut from the full image."""
     inverted = _background_is_light(gray)
     x = (1.0 - gray if inverted else gray).astype(np.float32, copy=False)  # ink bright
@@ -243,7 +248,7 @@ def _digit_ink(gray: np.ndarray, steps: dict, depth: int = 0) -> tuple[bool, np.
     rows, cols = np.flatnonzero(keep.any(1)), np.flatnonzero(keep.any(0))
     box = (max(rows[0] - 1, 0), rows[-1] + 2, max(cols[0] - 1, 0), cols[-1] + 2)  # work pixels
     t, b, left, r = (v * f for v in box)
-    crop, g = ink_.reduce(x[t:b, left:r], 2 * 8 * BOX)
+    crop, g = ink_.reduce(x[t:b, left:r], CROP_SIDE)
     near = ink_.grow(keep[box[0] : box[1], box[2] : box[3]])
     size = crop.shape[::-1]
     bg_crop = _resize(bg[box[0] : box[1], box[2] : box[3]], size, Image.Resampling.BILINEAR)
@@ -266,11 +271,14 @@ def _stretch(ink: np.ndarray, threshold: float) -> tuple[np.ndarray, float, floa
     (the ink so stretched, the paper's noise floor, the strokes' level)."""
     mask = ink > threshold
     paper = ink[~mask]  # mostly background, plus the strokes' faint fringe
+    floor = 0.0
     if paper.size:
-        median = _quantile(paper, 50)
-        floor = median + 3 * 1.4826 * _quantile(np.abs(paper - median), 50)  # noise level
-    else:
-        floor = 0.0
+        # the ink is >= 0 and 0 away from the digit: where most of the paper is exactly 0, so
+        # are its median and its median deviation, with no partition of the whole crop
+        lit = paper[paper > 0]
+        if 2 * lit.size >= paper.size:
+            median = _quantile(paper, 50)
+            floor = median + 3 * 1.4826 * _quantile(np.abs(paper - median), 50)  # noise level
     scale = _quantile(ink[mask], 95) if mask.any() else float(ink.max())
     return np.clip((ink - floor) / max(scale - floor, 1e-6), 0, 1).astype(np.float32), floor, scale
 
@@ -309,10 +317,16 @@ def _background_is_light(gray: np.ndarray) -> bool:
     """Paper or canvas is what the border mostly shows; a light border means dark ink."""
     h, w = gray.shape
     b = max(1, min(h, w) // 20)
-    border = np.concatenate(
-        [gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()]
-    )
-    return _quantile(border, 50) > 0.5
+    strips = (gray[:b], gray[-b:], gray[:, :b], gray[:, -b:])
+    n = sum(s.size for s in strips)
+    light = sum(int(np.count_nonzero(s > 0.5)) for s in strips)
+    # the median is above 0.5 when both middle values are (more than half of the border is
+    # light), not when neither is; only a tie between them needs the values themselves
+    if light >= n - (n - 1) // 2:
+        return True
+    if light < n // 2:
+        return False
+    return _quantile(np.concatenate([s.ravel() for s in strips]), 50) > 0.5
 
 
 def _quantile(values: np.ndarray, q: float) -> float:
@@ -351,8 +365,10 @@ def _background(x: np.ndarray, blocks: int = 8) -> np.ndarray:
 def _otsu(values: np.ndarray, bins: int = 256) -> float:
     """The threshold that best separates ink from background (Otsu's method)."""
     top = max(float(values.max()), 1e-6)
-    index = np.minimum((values.ravel() * (bins / top)).astype(np.intp), bins - 1)
-    hist = np.bincount(index, minlength=bins).astype(np.float64)  # np.histogram, but cheaper
+    index = (values.ravel() * (bins / top)).astype(np.intp)  # 0 .. bins (the top value)
+    hist = np.bincount(index, minlength=bins + 1).astype(np.float64)  # np.histogram, cheaper
+    hist[bins - 1] += hist[bins]  # the top value belongs to the last bin
+    hist = hist[:bins]
     centers = (np.arange(bins) + 0.5) * (top / bins)
     w0 = np.cumsum(hist)
     w1 = w0[-1] - w0
@@ -395,23 +411,21 @@ def _stroke_width(mask: np.ndarray) -> float:
 
 def _thicken(crop: np.ndarray) -> np.ndarray:
     """Dilate strokes that would end up thinner than MNIST's after scaling to the 20-pixel box."""
-    if max(crop.shape) > 8 * BOX:  # work at 8x the box: as exact for the result, far cheaper
-        crop = _fit_box(crop, 8 * BOX)
+    if max(crop.shape) > CROP_SIDE:  # _digit_ink's crops never are; other callers' may be
+        crop = _fit_box(crop, CROP_SIDE)
     scale = BOX / max(crop.shape)  # box pixels per crop pixel
     width = _stroke_width(crop > 0.5) * scale
     if width >= THIN_LIMIT:
         return crop
     steps = min(int(np.ceil((THIN_TARGET - width) / (2 * scale))), max(crop.shape) // 8)
-    out = np.pad(crop, steps)
-    for _ in range(steps):  # a 3x3 maximum filter adds one pixel on each side of a stroke
-        grown = out.copy()
-        grown[1:] = np.maximum(grown[1:], out[:-1])
-        grown[:-1] = np.maximum(grown[:-1], out[1:])
-        wide = grown.copy()
-        wide[:, 1:] = np.maximum(wide[:, 1:], grown[:, :-1])
-        wide[:, :-1] = np.maximum(wide[:, :-1], grown[:, 1:])
-        out = wide
-    return out
+    if steps < 1:
+        return crop
+    h, w = crop.shape
+    out = np.zeros((h + 2 * steps, w + 2 * steps), np.float32)  # room for the wider strokes
+    out[steps : steps + h, steps : steps + w] = crop
+    # each pixel of dilation adds one on each side of a stroke: ``steps`` 3x3 maximum filters
+    # in one (2 * steps + 1) square ("nearest" repeats the edge, which a maximum ignores)
+    return ndimage.maximum_filter(out, size=2 * steps + 1, mode="nearest")
 
 
 def _fit_box(crop: np.ndarray, box: int) -> np.ndarray:
@@ -430,9 +444,8 @@ def _center_by_mass(digit: np.ndarray, size: int) -> np.ndarray:
     """Place ``digit`` in a size x size field with its centre of mass at the field's centre."""
     h, w = digit.shape
     total = digit.sum()
-    ys, xs = np.indices(digit.shape)
-    cy = (ys * digit).sum() / total if total > 0 else (h - 1) / 2
-    cx = (xs * digit).sum() / total if total > 0 else (w - 1) / 2
+    cy = digit.sum(axis=1) @ np.arange(h) / total if total > 0 else (h - 1) / 2
+    cx = digit.sum(axis=0) @ np.arange(w) / total if total > 0 else (w - 1) / 2
     # MNIST's centres of mass sit at pixel (14, 14) of 0..27 (mean over its training set)
     top = int(round(size / 2 - cy))
     left = int(round(size / 2 - cx))

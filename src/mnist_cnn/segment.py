@@ -2,12 +2,13 @@
 
 :func:`segment` turns a grayscale image into :class:`Digit` s: the ink is found as the
 preprocessing finds it (polarity, background removal, Otsu's threshold), split into connected
-components (8-connected, numpy only), and the components are grouped into digits: a piece too
-short to be a digit (a 5's detached bar, the dot of a broken stroke) joins the digit it stands
-over; pieces whose columns overlap (a 4 written in two strokes) join when the classifier reads
-them better together. A piece wider than a digit (digits that touch) is cut at the valleys of
-its column profile, where the classifier agrees. Each digit is then handed to
-:func:`~mnist_cnn.preprocessing.to_mnist`, exactly as ``predict`` preprocesses a whole image.
+components (8-connected: :func:`mnist_cnn.ink.components`, as for a single digit), and the
+components are grouped into digits: a piece too short to be a digit (a 5's detached bar, the dot
+of a broken stroke) joins the digit it stands over; pieces whose columns overlap (a 4 written
+in two strokes) join when the classifier reads them better together. A piece wider than a digit
+(digits that touch) is cut at the valleys of its column profile, where the classifier agrees.
+Each digit is then handed to :func:`~mnist_cnn.preprocessing.to_mnist`, exactly as ``predict``
+preprocesses a whole image.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .preprocessing import ImageError, to_mnist
+from . import ink as ink_
+from .preprocessing import SIZE, ImageError, to_mnist
 from .preprocessing import _ink as _remove_background  # polarity, lighting, paper tone
 from .preprocessing import _otsu as _ink_threshold
 
@@ -44,49 +46,6 @@ class Digit:
 
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the input's pixels (x1, y1 exclusive)
     image: np.ndarray  # (h, w) float32 0..1: this digit's ink alone, bright on black
-
-
-# ---- connected components, numpy only --------------------------------------------------------
-
-
-def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """8-connected components of a boolean mask: (int32 labels, 0 for background, count).
-
-    Works on runs of ink along rows: runs in neighbouring rows that touch (diagonally too) are
-    joined, then labels are made equal by repeated minimum over the joins (pointer jumping).
-    """
-    h, w = mask.shape
-    edges = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
-    row, start = np.nonzero(edges == 1)  # (runs,) both in row-major order: they pair up
-    _, end = np.nonzero(edges == -1)  # exclusive
-    n = len(row)
-    labels = np.zeros((h, w), np.int32)
-    if n == 0:
-        return labels, 0
-    width = w + 2  # row * width + column orders every run start (and end) across rows
-    lo = np.searchsorted(end + row * width, (row + 1) * width + start - 1, side="right")
-    hi = np.searchsorted(start + row * width, (row + 1) * width + end + 1, side="left")
-    count = np.maximum(hi - lo, 0)
-    a = np.repeat(np.arange(n), count)  # run a touches run b in the next row
-    b = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count) + np.repeat(lo, count)
-    parent = np.arange(n)
-    while True:
-        low = np.minimum(parent[a], parent[b])
-        before = parent.copy()
-        np.minimum.at(parent, parent[a], low)
-        np.minimum.at(parent, parent[b], low)
-        parent = parent[parent]
-        while not np.array_equal(parent, parent[parent]):
-            parent = parent[parent]
-        if np.array_equal(parent, before):
-            break
-    roots, run_label = np.unique(parent, return_inverse=True)
-    lengths = end - start
-    flat = np.repeat(row * w + start - np.cumsum(lengths) + lengths, lengths) + np.arange(
-        lengths.sum()
-    )
-    labels.ravel()[flat] = np.repeat(run_label + 1, lengths)
-    return labels, len(roots)
 
 
 @dataclass
@@ -123,22 +82,11 @@ class Part:
         return max(0, min(self.x1, other.x1) - max(self.x0, other.x0))
 
 
-def parts(ink: np.ndarray, labels: np.ndarray, count: int) -> list[Part]:
-    """Each component's box and ink mass."""
-    ys, xs = np.nonzero(labels)
-    lab = labels[ys, xs] - 1
-    lo_x, lo_y = np.full(count, labels.shape[1]), np.full(count, labels.shape[0])
-    np.minimum.at(lo_x, lab, xs)
-    np.minimum.at(lo_y, lab, ys)
-    hi_x, hi_y = np.zeros(count, np.intp), np.zeros(count, np.intp)
-    np.maximum.at(hi_x, lab, xs)
-    np.maximum.at(hi_y, lab, ys)
-    mass = np.bincount(lab, weights=ink[ys, xs], minlength=count)
+def parts(comps: list[ink_.Component]) -> list[Part]:
+    """Each component as a part, in the order of their labels (the image's rows, top first)."""
     return [
-        Part(
-            int(lo_x[i]), int(lo_y[i]), int(hi_x[i]) + 1, int(hi_y[i]) + 1, float(mass[i]), (i + 1,)
-        )
-        for i in range(count)
+        Part(c.box[2], c.box[0], c.box[3], c.box[1], c.mass, (c.label,))
+        for c in sorted(comps, key=lambda c: c.label)
     ]
 
 
@@ -151,6 +99,7 @@ class Page:
 
     ink: np.ndarray
     labels: np.ndarray
+    comps: list[ink_.Component]
     scale: int  # input pixels per work pixel
 
     def image(self, part: Part) -> np.ndarray:
@@ -189,13 +138,14 @@ def find_ink(gray: np.ndarray) -> Page:
     mask = ink > _ink_threshold(ink)
     if mask.sum() < 3 or ink[mask].mean() < 0.05:
         raise ImageError("no ink found (a blank or nearly uniform image)")
-    labels, count = label(mask)
-    return Page(ink.astype(np.float32), labels, scale)
+    ink = ink.astype(np.float32)
+    labels, comps = ink_.components(mask, ink)
+    return Page(ink, labels, comps, scale)
 
 
 def candidate_digits(page: Page) -> list[Part]:
     """Components without specks, short pieces joined to the digit they stand over, in x order."""
-    found = parts(page.ink, page.labels, int(page.labels.max()))
+    found = parts(page.comps)
     heaviest = max(p.mass for p in found)
     found = [p for p in found if p.mass >= SPECK * heaviest]
     tall = max(p.height for p in found)
@@ -218,15 +168,23 @@ def _gap(a: Part, b: Part) -> int:
 def _scores(page: Page, pieces: list[Part], classify: Classify) -> np.ndarray:
     """How well each piece reads as one digit, in one batch: the log of the classifier's top
     probability, less how unusual the piece's width is for that digit (log-normal, in log
-    units)."""
-    images = np.stack([to_mnist(page.image(p)).image for p in pieces])
-    probs = classify(images)
+    units). A piece with no ink of its own (a cut through a faint stroke's fringe) scores
+    -inf: that hypothesis is never chosen, and the number is still read."""
+    images, empty = [], []
+    for p in pieces:
+        try:
+            images.append(to_mnist(page.image(p)).image)
+        except ImageError:
+            images.append(np.zeros((SIZE, SIZE), np.float32))
+            empty.append(len(images) - 1)
+    probs = classify(np.stack(images))
     top = probs.argmax(axis=1)
     score = np.log(probs[np.arange(len(pieces)), top] + 1e-9)
     if probs.shape[1] == len(ASPECT):
         aspect = np.array([p.width / max(p.height, 1) for p in pieces])
         z = np.log(aspect / ASPECT[top]) / ASPECT_SPREAD[top]
         score -= 0.5 * z**2
+    score[empty] = -np.inf
     return score
 
 
