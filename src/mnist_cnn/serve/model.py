@@ -36,7 +36,9 @@ class ExportedRun(OnnxModel):
 def torch_model(predictor: Predictor):
     """The PyTorch TrainedModel behind ``predictor``, or None (an .onnx file)."""
     model = predictor.model
-    return getattr(model, "trained", None) or (None if hasattr(model, "session") else model)
+    if isinstance(model, ExportedRun):
+        return model.trained
+    return None if isinstance(model, OnnxModel) else model
 
 
 def load(
