@@ -34,14 +34,24 @@ _EXPORTS = {
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        from importlib import import_module
+def lazy_getattr(package: str, where: dict[str, str]):
+    """A module ``__getattr__`` for ``package`` that imports ``name`` from the submodule
+    ``where[name]`` on first use and keeps it (PEP 562)."""
 
-        value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'mnist_cnn' has no attribute {name!r}")
+    def __getattr__(name: str):
+        if name in where:
+            import sys
+            from importlib import import_module
+
+            value = getattr(import_module(f".{where[name]}", package), name)
+            setattr(sys.modules[package], name, value)
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+__getattr__ = lazy_getattr(__name__, _WHERE)
 
 
 __all__ = [

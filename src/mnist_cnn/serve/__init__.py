@@ -13,6 +13,8 @@ Importing this package imports none of them (nor FastAPI, nor torch): names are 
 first use, so that ``mnist-cnn --help`` and ``import mnist_cnn`` stay quick.
 """
 
+from .. import lazy_getattr
+
 _WHERE = {
     "create_app": "app",
     "ModelInfo": "model",
@@ -21,14 +23,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        from importlib import import_module
-
-        value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'mnist_cnn.serve' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _WHERE)
 
 
 __all__ = ["ModelInfo", "create_app", "model_info", "serve"]
