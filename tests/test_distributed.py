@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,31 @@ from mnist_cnn.checkpoint import read_metrics
 def torchrun(nproc: int, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--standalone", "-m", "mnist_cnn", "train", *args]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    run_dir = _named_run(args)
+    if (
+        done.returncode != 0
+        and "(SIGABRT)" in done.stderr
+        and run_dir is not None
+        and (run_dir / "evaluation.json").is_file()
+    ):
+        # About one launch in 15-20 on the 2-core VM: a rank aborts (SIGABRT, inside torch/gloo)
+        # after the run was completely written, i.e. on the way out of the process group; not
+        # diagnosed yet (the rank's own stderr is kept in the warning). Launched once more, from
+        # scratch, so that a real failure (one before the run is written, or twice) still fails.
+        warnings.warn(
+            f"torchrun: a rank aborted after the run was written:\n{done.stderr}", stacklevel=2
+        )
+        shutil.rmtree(run_dir)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return done
+
+
+def _named_run(args: tuple[str, ...]) -> Path | None:
+    """The run directory a new run's ``--out DIR --name NAME`` gives, if both are there."""
+    if "--out" in args and "--name" in args:
+        return Path(args[args.index("--out") + 1]) / args[args.index("--name") + 1]
+    return None
 
 
 def single(*args: str) -> subprocess.CompletedProcess:
