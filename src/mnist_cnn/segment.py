@@ -39,11 +39,13 @@ PART_GAP = 0.25  # ... and a short piece this close
 # EDGE apart; a digit spans at most MAX_ATOMS cut pieces and WIDEST line heights.
 CUTTABLE, VALLEY, EDGE, BAND, WIDEST, MAX_ATOMS = 0.6, 0.1, 0.2, 0.07, 1.8, 8
 # The reading's score (log units), chosen on numbers made for it (seeds 100 and 200, not the
-# benchmark's): the weight of the classifier's log probability, of a piece's shape being
-# wider / narrower / shorter than a digit's (HEIGHT_SPREAD: of log height), a bonus per
-# digit read, a cost per stroke a cut goes through, and the floor of a piece that is no digit
+# benchmark's) with two models (the fast recipe's, and one trained without label smoothing,
+# far more sure of fragments): the weight of the classifier's log probability, of a piece's
+# shape being wider / narrower / shorter than a digit's (HEIGHT_SPREAD: of log height); a
+# bonus per digit read (DIGIT), and per two pieces of ink read as one digit (JOINED); the cost
+# of a cut through ink and per stroke it crosses; the floor of a piece that is no digit.
 CONFIDENCE, WIDER, NARROWER, SHORTER, HEIGHT_SPREAD = 3.0, 0.5, 0.1, 0.5, 0.2
-DIGIT, CUT, NO_DIGIT = 2.0, 1.0, -30.0
+DIGIT, JOINED, CUT, STROKE, NO_DIGIT = 2.0, 1.0, 1.5, 0.25, -30.0
 
 # (N, 28, 28) images in 0..1 -> (N, classes) probabilities: the model, for checking hypotheses
 Classify = Callable[[np.ndarray], np.ndarray]
@@ -269,8 +271,8 @@ def _own(page: Page, part: Part) -> np.ndarray:
 
 def over_segment(page: Page, blocks: list[Part], line: float):
     """``blocks`` cut into atoms along every candidate path: (a page whose labels are the
-    atoms', the atoms left to right, the cost of a boundary before each atom: ``CUT`` per
-    stroke crossed inside a block, None before a block's first atom)."""
+    atoms', the atoms left to right, the cost of a boundary before each atom: ``CUT`` and
+    ``STROKE`` per stroke crossed inside a block, None before a block's first atom)."""
     labels = np.zeros_like(page.labels)
     atoms: list[Part] = []
     costs: list[float | None] = []
@@ -295,7 +297,7 @@ def over_segment(page: Page, blocks: list[Part], line: float):
             x1, y1 = block.x0 + int(cols[-1]) + 1, block.y0 + int(rows[-1]) + 1
             atoms.append(Part(x0, y0, x1, y1, float(ink[mine].sum()), (len(atoms) + 1,)))
             region[mine] = len(atoms)
-            costs.append(None if first else CUT * float(strokes[k - 1]))
+            costs.append(None if first else CUT + STROKE * float(strokes[k - 1]))
             first = False
     return Page(page.ink, labels, page.comps, page.scale), atoms, costs
 
@@ -341,7 +343,8 @@ def best_reading(page: Page, blocks: list[Part], classify: Classify):
     best[0] = 0.0
     back = [0] * (len(atoms) + 1)
     for k, (i, j, _) in enumerate(spans):  # spans come in order of their first atom
-        total = best[i] + score[k] + DIGIT - (costs[i] or 0.0)
+        joined = sum(costs[m] is None for m in range(i + 1, j))  # pieces of ink made one
+        total = best[i] + score[k] + DIGIT + JOINED * joined - (costs[i] or 0.0)
         if total > best[j]:
             best[j], back[j] = total, k
     chosen, j = [], len(atoms)
