@@ -1,14 +1,26 @@
-"""Finding the digits of a whole number in one image: ink, components, digits, left to right.
+"""Finding the digits of a whole number in one image: ink, pieces, cuts, the best reading.
 
-:func:`segment` turns a grayscale image into :class:`Digit` s: the ink is found as the
-preprocessing finds it (polarity, background removal, Otsu's threshold), split into connected
-components (8-connected: :func:`mnist_cnn.ink.components`, as for a single digit), and the
-components are grouped into digits: a piece too short to be a digit (a 5's detached bar, the dot
-of a broken stroke) joins the digit it stands over; pieces whose columns overlap (a 4 written
-in two strokes) join when the classifier reads them better together. A piece wider than a digit
-(digits that touch) is cut at the valleys of its column profile, where the classifier agrees.
-Each digit is then handed to :func:`~mnist_cnn.preprocessing.to_mnist`, exactly as ``predict``
-preprocesses a whole image.
+:func:`segment` turns a grayscale image into :class:`Digit` s, left to right, by
+recognition-based segmentation:
+
+- the ink is found as the preprocessing finds it (polarity, background removal, Otsu's
+  threshold) and split into connected components (8-connected, :func:`mnist_cnn.ink.components`);
+  specks are dropped, every other piece is kept in the order of its centre;
+- over-segmentation: a piece wider than ``CUTTABLE`` of the line's height may hold digits
+  that touch; it is cut at candidate columns (the valleys of its column profile, the dips of
+  its upper contour and the rises of its lower contour) along paths that wind down through
+  as little ink as they can (:func:`_cut_paths`), into *atoms*;
+- every run of consecutive atoms that could be one digit (not too wide, not across a real
+  gap; a short piece such as a 5's bar may sit a little further away) is preprocessed with
+  :func:`~mnist_cnn.preprocessing.to_mnist`, exactly as ``predict`` preprocesses an image, and
+  all are classified in **one batch**;
+- dynamic programming picks the reading with the best total: each digit's score (the
+  classifier's confidence, less how unusually wide or short the piece is for that digit),
+  a bonus per digit, a cost per cut through ink. One mechanism for a wide single digit (left
+  whole), touching digits (cut), a 4 written in two strokes and a 5's detached bar (joined).
+
+The digits read are those of the chosen pieces, already classified: no second pass. An image
+in which one digit is found is read as ``predict`` reads it (see :func:`read_number`).
 """
 
 from __future__ import annotations
@@ -24,8 +36,8 @@ from .preprocessing import _ink as _remove_background  # polarity, lighting, pap
 from .preprocessing import _otsu as _ink_threshold
 
 WORK_SIDE = 1024  # components are found at most this size (a 12-megapixel photo: 1/4 side)
-SPECK = 0.02  # components lighter than this share of the heaviest are specks ...
-SHORT = 0.5  # ... and those shorter than this share of the tallest are parts, not digits
+SPECK = 0.02  # components lighter than this share of the heaviest are specks
+SHORT = 0.5  # pieces shorter than this share of the tallest are parts (a bar, a dot)
 MARGIN = 0.6  # of a digit's height around it, cropped for to_mnist (its background needs room)
 DIGIT_SIDE = 48  # digits twice as tall or more are box-reduced for to_mnist (a photo: faster)
 # Width / height of MNIST's digits by class: median and spread of its log (the ink above 50 of
@@ -35,8 +47,9 @@ ASPECT_SPREAD = np.array([0.19, 0.45, 0.22, 0.21, 0.2, 0.26, 0.22, 0.21, 0.22, 0
 NEAR = 0.1  # of the line's height: pieces this close may be one digit ...
 PART_GAP = 0.25  # ... and a short piece this close
 # Over-segmentation, in line heights (the median height of the pieces of ink): pieces at least
-# CUTTABLE wide are cut at the valleys of their column profile (the lowest within VALLEY),
-# EDGE apart; a digit spans at most MAX_ATOMS cut pieces and WIDEST line heights.
+# CUTTABLE wide are cut near columns where their profile or contours are lowest (within VALLEY),
+# EDGE apart, along paths that stray at most BAND from their column; a digit spans at most
+# MAX_ATOMS cut pieces and WIDEST line heights.
 CUTTABLE, VALLEY, EDGE, BAND, WIDEST, MAX_ATOMS = 0.6, 0.1, 0.2, 0.07, 1.8, 8
 # The reading's score (log units), chosen on numbers made for it (seeds 100 and 200, not the
 # benchmark's) with two models (the fast recipe's, and one trained without label smoothing,
