@@ -240,6 +240,11 @@ def start(
     return DistributedRanks(rank, size, local, backend, device), device
 
 
-def stop() -> None:
+def stop(together: bool = False) -> None:
+    """Leave the process group. ``together`` (a run that ended well on every rank): first wait
+    until every rank is here, so that none closes its connections while another still writes
+    the run or finishes a collective (gloo aborts a process whose peer hangs up mid-operation)."""
     if dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()

@@ -334,9 +334,12 @@ def train(
         log, progress = (lambda line: None), False
     try:
         with _RunLock(resume, ranks) as lock:  # one writer per run directory
-            return _train(config, resume, saved, device, ranks, log, progress, lock)
-    finally:
+            result = _train(config, resume, saved, device, ranks, log, progress, lock)
+    except BaseException:
         distributed.stop()
+        raise
+    distributed.stop(together=True)
+    return result
 
 
 class _RunLock(contextlib.ExitStack):

@@ -81,9 +81,10 @@ def create_app(
     for kind, handler in ERROR_HANDLERS.items():
         app.add_exception_handler(kind, handler)
     add_page(app)
-    app.api_route("/healthz", methods=["GET", "HEAD"])(service.healthz)
+    for path, endpoint in (("/healthz", service.healthz), ("/v1/model", service.model)):
+        app.get(path)(endpoint)
+        app.head(path, include_in_schema=False)(endpoint)  # one operation per path in the docs
     app.get("/metrics", include_in_schema=False)(service.prometheus_metrics)
-    app.api_route("/v1/model", methods=["GET", "HEAD"])(service.model)
     app.post("/v1/features", openapi_extra=PREDICT_BODY)(service.feature_maps)
     app.post("/v1/predict", openapi_extra=PREDICT_BODY)(service.predict_endpoint())
     app.post("/v1/read", openapi_extra=PREDICT_BODY)(service.read)
