@@ -39,7 +39,7 @@ WORK_SIDE = 1024  # components are found at most this size (a 12-megapixel photo
 SPECK = 0.02  # components lighter than this share of the heaviest are specks
 SHORT = 0.5  # pieces shorter than this share of the tallest are parts (a bar, a dot)
 MARGIN = 0.6  # of a digit's height around it, cropped for to_mnist (its background needs room)
-DIGIT_SIDE = 48  # digits twice as tall or more are box-reduced for to_mnist (a photo: faster)
+DIGIT_SIDE = 32  # digits twice as tall or more are box-reduced for to_mnist (a photo: faster)
 # Width / height of MNIST's digits by class: median and spread of its log (the ink above 50 of
 # 20,000 training digits). A piece read as a 7 but as wide as two digits is unlikely a 7.
 ASPECT = np.array([0.9, 0.4, 0.95, 0.8, 0.8, 0.95, 0.7, 0.8, 0.8, 0.7])
