@@ -78,5 +78,5 @@ for payload in json png; do
 done
 rm -rf "$runs"
 recipe fast-bf16-compile --recipes fast --seeds 777 --precision bf16 --compile --naive-images 0
-recipe best-fp32 --recipes best --seeds 777 --naive-images 0
+recipe best-fp32 --recipes best --seeds 777 --precision fp32 --naive-images 0
 part "done"

@@ -99,11 +99,11 @@ def test_pytorch_probe_and_linux_flags_agree_on_this_machine(monkeypatch):
     assert set(cpu_bf16_features()) == {f for f in ("amx_bf16", "avx512_bf16") if f in flags}
 
 
-def test_fast_uses_auto_and_the_reference_stays_fp32():
+def test_fast_and_best_use_auto_and_the_reference_stays_fp32():
     assert TrainConfig.from_recipe("reference").precision == "fp32"
     assert TrainConfig().precision == "fp32"
     assert RECIPES["fast"]["precision"] == "auto"
-    assert TrainConfig.from_recipe("best").precision == "fp32"  # until bf16 is measured there
+    assert TrainConfig.from_recipe("best").precision == "auto"
     assert TrainConfig.from_recipe("fast", precision="fp32").precision == "fp32"
 
 

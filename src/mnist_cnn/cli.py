@@ -203,7 +203,7 @@ def _add_train(sub) -> None:
     t.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="fp32 (the reference and best recipes'), bf16 autocast, or auto (fast and gpu's): "
+        help="fp32 (the reference recipe's), bf16 autocast, or auto (fast, best and gpu's): "
         "bf16 where the device computes it natively (CUDA with bf16, CPUs with AMX or AVX-512 "
         "BF16)",
     )
