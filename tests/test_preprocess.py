@@ -189,3 +189,18 @@ def test_the_noise_floor_is_the_median_and_deviation_of_the_paper(zeros):
     paper = ink[ink <= 0.5].astype(np.float64)
     median = np.median(paper)
     assert floor == pytest.approx(median + 3 * 1.4826 * np.median(np.abs(paper - median)))
+
+
+def test_an_inkless_crop_has_the_whole_crop_as_its_box():
+    """All the ink under the paper's noise floor: the box is the whole crop, no division by
+    zero (it warned and gave a 1x1 box before)."""
+    import warnings
+
+    from mnist_cnn.preprocessing import _bounding_box
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _bounding_box(np.zeros((7, 5), np.float32)) == (0, 7, 0, 5)
+    ink = np.zeros((7, 5), np.float32)
+    ink[2:4, 1:3] = 1
+    assert _bounding_box(ink) == (2, 4, 1, 3)

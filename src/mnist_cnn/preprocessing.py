@@ -383,7 +383,10 @@ def _bounding_box(ink: np.ndarray, trim: float = 0.002) -> tuple[int, int, int, 
     """Rows and columns holding the ink, trimming ``trim`` of its mass at each end (specks)."""
 
     def span(profile: np.ndarray) -> tuple[int, int]:
-        c = np.cumsum(profile) / profile.sum()
+        total = profile.sum()
+        if total <= 0:  # no ink left (all of it under the paper's noise floor): nothing to trim
+            return 0, len(profile)
+        c = np.cumsum(profile) / total
         lo = int(np.searchsorted(c, trim))
         hi = int(np.searchsorted(c, 1 - trim)) + 1
         return lo, max(hi, lo + 1)
