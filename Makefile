@@ -48,7 +48,9 @@ test: lint
 # different model. A margin that only one instruction set clears fails here first (CI runs both).
 QUALITY_TESTS := tests/test_predict.py tests/test_anatomy.py tests/test_export.py \
 	tests/test_serve.py tests/test_datasets.py \
-	tests/test_distributed.py::test_two_processes_take_the_steps_one_process_takes
+	tests/test_distributed.py::test_two_processes_take_the_steps_one_process_takes \
+	tests/test_read.py::test_touching_digits_are_cut_apart \
+	tests/test_read.py::test_a_wide_digit_is_not_split
 AVX2_ENV := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
 
 test-avx2: install
