@@ -41,7 +41,7 @@ OPTIMIZERS = ("adam", "sgd")
 
 # Precision, per recipe: "auto" (bf16 autocast where the device computes bf16 natively, else fp32)
 # where bf16 held the recipe's accuracy within 0.05 points over 3 seeds (benchmarks/recipes.py
-# --precision fp32 bf16): fast -0.013, best +0.013 (99.633% against 99.62%). The reference recipe
+# --precision fp32 bf16): fast -0.013, best +0.010 (99.633% against 99.623%). The reference recipe
 # stays fp32 whatever the device: it is the seed's lab.
 RECIPES["fast"]["precision"] = "auto"
 RECIPES["best"]["precision"] = "auto"
