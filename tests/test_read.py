@@ -329,7 +329,7 @@ def test_number_mode_of_the_page(browser, served, tmp_path):  # noqa: F811
 def test_a_cut_with_no_ink_is_a_hypothesis_never_chosen_not_a_failed_read():
     """A cut hypothesis whose piece holds no ink of its own scores -inf (to_mnist finds no
     ink in it) instead of failing the whole read."""
-    from mnist_cnn.segment import Part, _scores
+    from mnist_cnn.segment import Part, _read_pieces, _score
 
     page = find_ink(np.asarray(Image.open(io.BytesIO(draw_strokes(ONE))), np.float32) / 255)
     (one,) = page.comps
@@ -340,5 +340,6 @@ def test_a_cut_with_no_ink_is_a_hypothesis_never_chosen_not_a_failed_read():
     def uniform(images):
         return np.full((len(images), 10), 0.1)
 
-    score = _scores(page, [ink, beside], uniform)
+    _, probs, empty = _read_pieces(page, [ink, beside], uniform)
+    score = _score([ink, beside], probs, empty, line=ink.height)
     assert np.isfinite(score[0]) and score[1] == -np.inf

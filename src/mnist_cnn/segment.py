@@ -101,10 +101,6 @@ class Part:
             self.labels + other.labels,
         )
 
-    def overlap(self, other: Part) -> int:
-        """Columns both cover."""
-        return max(0, min(self.x1, other.x1) - max(self.x0, other.x0))
-
 
 def parts(comps: list[ink_.Component]) -> list[Part]:
     """Each component as a part, in the order of their labels (the image's rows, top first)."""
@@ -212,12 +208,6 @@ def _score(pieces: list[Part], probs: np.ndarray, empty: list[int], line: float)
     score -= 0.5 * SHORTER * (np.minimum(np.log(heights / line), 0) / HEIGHT_SPREAD) ** 2
     score[empty] = -np.inf
     return score
-
-
-def _scores(page: Page, pieces: list[Part], classify: Classify) -> np.ndarray:
-    """:func:`_score` of each piece, read in one batch, the tallest giving the line."""
-    _, probs, empty = _read_pieces(page, pieces, classify)
-    return _score(pieces, probs, empty, max(p.height for p in pieces))
 
 
 # ---- over-segmentation, and the best reading of it ------------------------------------------
