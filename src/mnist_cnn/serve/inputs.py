@@ -128,7 +128,7 @@ class Inputs:
             return _to_mnist(parse_pixels(_json(body.data)), style)
         img = open_upload(body.data)
         # decoded and preprocessed in one go: a queued large upload holds only its bytes
-        small = img.width * img.height <= INLINE_PIXELS
+        small = _inline(img)
         return await self.offload(_decode_and_preprocess, img, self.max_pixels, style, small=small)
 
     async def decoded(self, body: Body) -> tuple[np.ndarray, tuple[float, float], bool]:
@@ -137,7 +137,7 @@ class Inputs:
         if body.is_json:
             return parse_pixels(_json(body.data)), (1.0, 1.0), True
         img = open_upload(body.data)
-        small = img.width * img.height <= INLINE_PIXELS
+        small = _inline(img)
         gray, scale = await self.offload(_decode, img, self.max_pixels, small=small)
         return gray, scale, small
 
@@ -147,6 +147,11 @@ class Inputs:
         if small:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self.workers, fn, *args)
+
+
+def _inline(img) -> bool:
+    """Whether an opened upload is small enough to decode on the event loop (INLINE_PIXELS)."""
+    return img.width * img.height <= INLINE_PIXELS
 
 
 def _json(body: bytes):
