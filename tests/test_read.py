@@ -79,6 +79,21 @@ def test_connected_components_match_a_flood_fill():
             assert c.mass == pytest.approx(sum(float(ink[p]) for p in pixels), rel=1e-6)
 
 
+def test_bold_strokes_on_tinted_paper_keep_their_ink():
+    """A marker's "17" on grey, unevenly lit paper: the 7's bar fills whole blocks of a
+    block-percentile background estimate, which took its middle for paper (ink 0.01-0.08
+    against the 1's 0.42). The paper's level is an opening wider than the strokes."""
+    img = Image.new("F", (420, 200), 0.7)
+    pen = ImageDraw.Draw(img)
+    pen.line([(60, 30), (60, 170)], fill=0.2, width=40)
+    pen.line([(150, 40), (300, 40), (210, 170)], fill=0.2, width=40, joint="curve")
+    gray = np.asarray(img, np.float32) * np.linspace(0.8, 1.05, 420, dtype=np.float32)[None, :]
+    page = find_ink(gray)
+    assert len(page.comps) == 2
+    one, bar = page.ink[100:160, 60], page.ink[40, 160:300]
+    assert bar.min() > 0.8 * one.max()
+
+
 def test_separated_digits_are_found_in_their_boxes_left_to_right(predictor, sure_digits):
     rng = np.random.default_rng(1)
     for number in ("2026", "7391", "58"):

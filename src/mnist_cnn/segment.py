@@ -32,7 +32,8 @@ import numpy as np
 
 from . import ink as ink_
 from .preprocessing import SIZE, ImageError, Preprocessed, to_mnist
-from .preprocessing import _ink as _remove_background  # polarity, lighting, paper tone
+from .preprocessing import _background_is_light
+from .preprocessing import _background as _block_background
 from .preprocessing import _otsu as _ink_threshold
 
 WORK_SIDE = 1024  # components are found at most this size (a 12-megapixel photo: 1/4 side)
@@ -153,7 +154,14 @@ def find_ink(gray: np.ndarray) -> Page:
     if scale > 1:  # box-reduce: plenty of pixels for finding digits, far cheaper
         h, w = (gray.shape[0] // scale) * scale, (gray.shape[1] // scale) * scale
         gray = gray[:h, :w].reshape(h // scale, scale, w // scale, scale).mean(axis=(1, 3))
-    _, _, ink = _remove_background(gray)
+    x = 1.0 - gray if _background_is_light(gray) else gray  # ink bright
+    # the paper's level as to_mnist finds it, an opening wider than the strokes: their width
+    # is measured on a first estimate at to_mnist's work size (block percentiles, which alone
+    # take the middle of bold strokes for paper)
+    small, f = ink_.reduce(x, ink_.WORK_SIDE)
+    rough = np.clip(small - _block_background(small), 0, None)
+    bg = ink_.background(x, f * ink_.stroke_width(rough > _ink_threshold(rough)))
+    ink = x - bg  # >= 0: an opening never rises above the image
     mask = ink > _ink_threshold(ink)
     if mask.sum() < 3 or ink[mask].mean() < 0.05:
         raise ImageError("no ink found (a blank or nearly uniform image)")
