@@ -143,6 +143,26 @@ def test_pixel_limit_refuses_before_decoding(tmp_path):
     assert load_image(path, max_pixels=6_000_000).shape == (167, 250)
 
 
+@pytest.mark.parametrize(
+    "size, side, decoded",
+    [((4000, 3000), 1024, (1000, 750)), ((2000, 1500), 256, (250, 188)),
+     ((1280, 960), 256, (320, 240)), ((300, 200), 256, (150, 100)), ((250, 200), 256, None)],
+)  # fmt: skip
+def test_a_large_jpeg_is_reduced_in_its_own_decoding(size, side, decoded):
+    """The JPEG decoder scales by 1/2, 1/4 or 1/8 for nothing: it does as much of the box
+    reduction to ``side`` as it can (a 12-megapixel photo read at 1024: 1/4, not 1/2 and
+    then halved), and no more."""
+    from mnist_cnn.preprocessing import _draft
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 190, 180)).save(buffer, format="JPEG")
+    with Image.open(buffer) as img:
+        _draft(img, side)
+        img.load()
+        assert img.size == (decoded or size)
+        assert img.mode == ("L" if decoded else "RGB")  # straight to grayscale where reduced
+
+
 def test_a_large_digit_is_cut_at_crop_side_as_at_twice_that(digits, monkeypatch):
     """The digit's crop is box-reduced to CROP_SIDE (160) before it is measured, thickened
     and fitted to the box: a digit 300 pixels tall, thick or fine, comes out as it does

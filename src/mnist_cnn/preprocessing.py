@@ -116,11 +116,15 @@ def open_image(source) -> Image.Image:
 
 def _draft(img: Image.Image, side: int) -> None:
     """A JPEG larger than needed is decoded at 1/2, 1/4 or 1/8 scale (in the DCT, so far
-    cheaper than decoding it whole), straight to grayscale when it is in colour."""
-    if img.format == "JPEG" and max(img.size) > 2 * side:
-        scale = max(img.size) / side  # draft keeps at least the size asked for
+    cheaper than decoding it whole), straight to grayscale when it is in colour: the largest
+    of these that the box reduction to ``side`` (by a whole factor) would go past anyway, so
+    that a 4000-pixel photo read at 1024 is decoded at 1/4, not at 1/2 and then halved."""
+    factor = -(-max(img.size) // side)  # the box reduction's
+    if img.format == "JPEG" and factor >= 2:
+        scale = 1 << min(factor.bit_length() - 1, 3)  # a power of two, at most the factor
         mode = "L" if img.mode in ("RGB", "YCbCr", "L") else img.mode
-        img.draft(mode, (int(img.width / scale), int(img.height / scale)))
+        size = (max(1, img.width // scale), max(1, img.height // scale))
+        img.draft(mode, size)  # Pillow decodes at 1/scale, or larger where a side needs it
 
 
 def _check_size(img: Image.Image, max_pixels: int, name: str = "image") -> None:
