@@ -31,8 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import ink as ink_
-from .preprocessing import SIZE, ImageError, Preprocessed, to_mnist
-from .preprocessing import _background_is_light
+from .preprocessing import SIZE, ImageError, Preprocessed, _background_is_light, to_mnist
 from .preprocessing import _background as _block_background
 from .preprocessing import _otsu as _ink_threshold
 
