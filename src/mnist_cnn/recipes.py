@@ -15,8 +15,9 @@ RECIPES: dict[str, dict] = {
     # the fastest way to >= 99.0%: big steps early, annealed away within two epochs
     "fast": dict(epochs=2, batch_size=256, lr=4e-3, schedule="onecycle", label_smoothing=0.1),
     # the best single model: augmentation and a longer one-cycle schedule
-    # ("affine": shifts, rotations, scaling; augment.py's "handwriting" kind adds slant,
-    # stroke width and elastic wobble, not yet measured in this recipe)
+    # ("affine": shifts, rotations, scaling; augment.py's "handwriting" kind, which adds slant,
+    # stroke width and elastic wobble, did worse here: seed 777, 99.48% on MNIST and 98.14% of
+    # the real handwriting against 99.64% and 99.53%)
     "best": dict(
         epochs=24,
         batch_size=128,
