@@ -9,7 +9,10 @@ by 1-4 pixels. Each is read with Predictor.read from its encoded bytes, as from 
 
 String accuracy: the whole number right. Digit accuracy: 1 - edit distance / length. Count
 errors: too many or too few digits. "alone" is the string accuracy the same digits get when
-predict reads each one by itself (the model's share of the errors; the rest is segmentation).
+predict reads each one by itself, written clean on white (what the model can do with these
+digits); "same" is the same, each digit written alone at the number's height and as the
+number's variant (photo-like where the number is): the model's share of the errors on that very
+kind of image, the rest is segmentation.
 Last, the time to read a 4-digit number from a 12-megapixel photo (JPEG file, one thread).
 
     python benchmarks/read_numbers.py RUN [--count 100] [--lengths 2 ... 8] [--seed 0]
@@ -64,13 +67,17 @@ def edit_distance(a: str, b: str) -> int:
     return row[-1]
 
 
-def measure(predictor, inks, labels, alone, count, rng, lengths=LENGTHS, record=None) -> dict:
+def measure(
+    predictor, inks, labels, alone, count, rng, lengths=LENGTHS, record=None, singles=None
+) -> dict:
     """{(variant, length): figures} for ``count`` numbers of each kind; each number read is
-    appended to ``record`` (a list) where given."""
+    appended to ``record`` (a list) where given. ``singles`` draws the "same" column's images
+    (its own generator: the numbers are those of ``rng`` alone)."""
+    singles = singles if singles is not None else np.random.default_rng(0)
     results = {}
     for variant, (touching, photo) in VARIANTS.items():
         for length in lengths:
-            right = alone_right = too_many = too_few = 0
+            right = alone_right = same_right = too_many = too_few = 0
             digit_acc = []
             for _ in range(count):
                 pick = rng.choice(len(inks), size=length)
@@ -83,12 +90,17 @@ def measure(predictor, inks, labels, alone, count, rng, lengths=LENGTHS, record=
                 if record is not None:
                     record.append({"variant": variant, "truth": truth, "read": number})
                 alone_right += all(alone[pick] == labels[pick])
+                same = [number_image(compose_number([inks[i]], singles, height)[0], singles, photo)
+                        for i in pick]  # fmt: skip
+                read = [r["label"] for r in predictor.predict(same)]
+                same_right += read == [labels[i] for i in pick]
                 too_many += len(number) > length
                 too_few += len(number) < length
                 digit_acc.append(max(0.0, 1 - edit_distance(number, truth) / length))
             results[variant, length] = {
                 "string": right / count, "digit": float(np.mean(digit_acc)),
                 "too_many": too_many, "too_few": too_few, "alone": alone_right / count,
+                "same": same_right / count,
             }  # fmt: skip
     return results
 
@@ -102,13 +114,14 @@ def predicted_alone(predictor, inks) -> np.ndarray:
 
 def print_table(title: str, results: dict, count: int) -> None:
     print(f"\n{title}: {count} numbers per length and variant")
-    print("| variant | digits | string accuracy | digit accuracy | too many | too few | alone |")
-    print("|---|---|---|---|---|---|---|")
+    print("| variant | digits | string accuracy | digit accuracy | too many | too few | alone "
+          "| same |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for (variant, length), r in results.items():
         bold = "**" if length == 4 else ""
         print(f"| {variant} | {length} | {bold}{100 * r['string']:.1f}%{bold} | "
               f"{100 * r['digit']:.1f}% | {r['too_many']} | {r['too_few']} | "
-              f"{100 * r['alone']:.1f}% |")  # fmt: skip
+              f"{100 * r['alone']:.1f}% | {100 * r['same']:.1f}% |")  # fmt: skip
 
 
 def photo_timing(predictor, inks, rng, repeats: int = 7) -> list[float]:
@@ -155,7 +168,10 @@ def main() -> None:
     for title, (inks, labels) in sources:
         alone = predicted_alone(predictor, inks)
         start = len(record)
-        results = measure(predictor, inks, labels, alone, args.count, rng, args.lengths, record)
+        singles = np.random.default_rng([args.seed, len(record)])
+        results = measure(
+            predictor, inks, labels, alone, args.count, rng, args.lengths, record, singles
+        )
         print_table(title, results, args.count)
         for r in record[start:]:
             r["source"] = title
