@@ -94,6 +94,41 @@ def test_bold_strokes_on_tinted_paper_keep_their_ink():
     assert bar.min() > 0.8 * one.max()
 
 
+def test_the_fitted_temperature_is_the_one_the_labels_were_drawn_at():
+    """evaluation.fit_temperature finds T for which softmax(logits / T) fits the labels:
+    labels drawn from softmax(z), logits given as 3 z (a model three times too sure)."""
+    import torch
+
+    from mnist_cnn.evaluation import fit_temperature
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(20_000, 10, generator=gen) * 2
+    labels = torch.multinomial(torch.softmax(z, dim=1), 1, generator=gen).squeeze(1)
+    assert fit_temperature(3 * z, labels) == pytest.approx(3.0, rel=0.05)
+    assert fit_temperature(z / 2, labels) == pytest.approx(0.5, rel=0.05)
+
+
+def test_a_model_surer_of_itself_is_read_as_if_it_were_the_tuned_one(real_run):
+    """The temperature fitted at the end of training travels with the run (evaluation.json)
+    to the Predictor; reading scores a piece by its rescaled log probability, so that a model
+    twice as sure as the tuned one gains half as much from being sure of a fragment."""
+    from mnist_cnn.model_card import read_evaluations
+    from mnist_cnn.segment import TUNED_TEMPERATURE, Part, _score
+
+    fitted = read_evaluations(real_run.run_dir)["mnist/test"]["temperature"]
+    assert 0.05 < fitted < 20
+    assert Predictor.from_run(real_run.run_dir).temperature == fitted
+    pieces = [Part(0, 0, 8, 10, 1.0, (1,)), Part(10, 0, 18, 10, 1.0, (2,))]  # two digit shapes
+    probs = np.full((2, 10), 0.001)
+    probs[0, 3], probs[1, 3] = 0.991, 0.5
+    probs[1, 5] = 0.491
+    plain = _score(pieces, probs, [], 10.0)
+    same = _score(pieces, probs, [], 10.0, TUNED_TEMPERATURE)
+    surer = _score(pieces, probs, [], 10.0, 2 * TUNED_TEMPERATURE)
+    np.testing.assert_allclose(same, plain, atol=0.01)  # only the renormalisation differs
+    assert surer[0] - surer[1] < plain[0] - plain[1]
+
+
 def test_separated_digits_are_found_in_their_boxes_left_to_right(predictor, sure_digits):
     rng = np.random.default_rng(1)
     for number in ("2026", "7391", "58"):

@@ -91,6 +91,7 @@ def test_both_runtimes_describe_the_model_alike(real_run, exported):
     assert {**pytorch.__dict__, "runtime": None} == {**ort.__dict__, "runtime": None}
     assert pytorch.parameters == 1_379_557
     assert pytorch.test_accuracy == pytest.approx(real_run.final["test_accuracy"])
+    assert pytorch.temperature is not None and pytorch.temperature > 0  # fitted, and exported
     assert pytorch.spec == trained.spec
     exported_meta = {k: onnx.metadata[k] for k in pytorch.metadata()}
     assert exported_meta == pytorch.metadata()  # export wrote exactly this description

@@ -245,7 +245,20 @@ class TrainedModel(SpecFields):
             test_accuracy=float_or_none(metrics.get("test_accuracy")),
             parameters=count_parameters(self.model),
             runtime="pytorch",
+            temperature=self.temperature,
         )
+
+    @property
+    def temperature(self) -> float | None:
+        """The temperature fitted on its test set (evaluation.json), where it was fitted."""
+        from .model_card import read_evaluations
+
+        try:
+            found = read_evaluations(self.run_dir).get(f"{self.spec.dataset}/test", {})
+        except MnistCnnError:
+            return None
+        t = float_or_none(found.get("temperature")) if isinstance(found, dict) else None
+        return t if t is not None and 0 < t < float("inf") else None
 
     @property
     def epoch(self) -> int:

@@ -102,4 +102,11 @@ class OnnxModel(SpecFields):
             test_accuracy=float_or_none(meta.get("test_accuracy")),
             parameters=int(parameters) if parameters.isdigit() else None,
             runtime="onnxruntime",
+            temperature=self.temperature,
         )
+
+    @property
+    def temperature(self) -> float | None:
+        """The temperature its run fitted on the test set, where the export carries one."""
+        t = float_or_none(self.metadata.get("temperature"))
+        return t if t is not None and 0 < t < float("inf") else None

@@ -53,6 +53,8 @@ class Predictor:
         self.mean, self.std = self.spec.mean, self.spec.std
         self.max_pixels = max_pixels
         self.style = self.spec.preprocessing  # as its training data was made
+        # how sure of itself the model is (fitted on its test set; None where never fitted)
+        self.temperature = getattr(model, "temperature", None)
 
     @classmethod
     def from_run(
@@ -162,7 +164,10 @@ class Predictor:
                     source = source.detach().cpu().numpy()
                 gray, (w, h) = load_image_sized(source, max_pixels=self.max_pixels, side=WORK_SIDE)
                 digits, pres, probs = read_number(
-                    gray, self.probabilities, whole=partial(self.preprocess, source)
+                    gray,
+                    self.probabilities,
+                    whole=partial(self.preprocess, source),
+                    temperature=self.temperature,
                 )
             except Exception as e:
                 records.append(_failure(item, e))

@@ -81,6 +81,9 @@ class ModelInfo:
     std: float
     image_size: int
     preprocessing: str
+    # softmax(logits / temperature) fits the test labels best (evaluation.fit_temperature):
+    # how sure of itself the model is, which reading a number takes into account
+    temperature: float | None = None
 
     @classmethod
     def of(cls, spec: InputSpec, **fields) -> ModelInfo:
@@ -111,6 +114,7 @@ class ModelInfo:
             ),
             "output": "float32 (N, classes) logits; softmax gives probabilities",
             "test_accuracy": accuracy,
+            "temperature": "" if self.temperature is None else repr(self.temperature),
             "parameters": "" if self.parameters is None else str(self.parameters),
             "producer": "mnist-cnn",
         }
