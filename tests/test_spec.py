@@ -97,6 +97,15 @@ def test_both_runtimes_describe_the_model_alike(real_run, exported):
     assert exported_meta == pytorch.metadata()  # export wrote exactly this description
 
 
+@pytest.mark.parametrize("stated", ["nan", "-1", "0", "1e-300", "inf", "1e6", "", "warm"])
+def test_a_temperature_no_fit_gives_is_not_believed(exported, tmp_path, stated):
+    """An export's metadata states the temperature a reading rescales by: one outside the
+    range the fit searches (or no number) is ignored, and the model reads as without one."""
+    model = OnnxModel(_onnx_copy(exported, tmp_path, lambda m: m.update(temperature=stated)))
+    assert model.temperature is None and model.describe().temperature is None
+    assert OnnxModel(exported / "model.onnx").temperature is not None
+
+
 def test_an_old_run_without_the_new_fields_loads_with_its_datasets_style(real_run, tmp_path):
     old = load_run(_run_copy(real_run, tmp_path, _drop_new_fields))
     assert old.spec == load_run(real_run.run_dir).spec

@@ -31,7 +31,7 @@ from .errors import MnistCnnError
 from .evaluation import predict_probabilities
 from .files import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
 from .model import ARCHITECTURE, CustomCNN, count_parameters
-from .spec import InputSpec, ModelInfo, SpecFields, float_or_none
+from .spec import InputSpec, ModelInfo, SpecFields, float_or_none, temperature_or_none
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -257,8 +257,7 @@ class TrainedModel(SpecFields):
             found = read_evaluations(self.run_dir).get(f"{self.spec.dataset}/test", {})
         except MnistCnnError:
             return None
-        t = float_or_none(found.get("temperature")) if isinstance(found, dict) else None
-        return t if t is not None and 0 < t < float("inf") else None
+        return temperature_or_none(found.get("temperature")) if isinstance(found, dict) else None
 
     @property
     def epoch(self) -> int:

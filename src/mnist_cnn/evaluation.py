@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .model import CustomCNN, eval_mode
+from .spec import TEMPERATURES
 
 
 def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -77,13 +78,13 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The temperature T for which softmax(logits / T) best fits ``labels`` (the lowest mean
     cross-entropy; Guo et al., 2017, "On Calibration of Modern Neural Networks"): above 1 for
     a model surer than it is right, below 1 for one held back by label smoothing. Found by
-    golden-section search over log T in [1/20, 20] (the loss is convex in 1/T)."""
+    golden-section search over log T in spec.TEMPERATURES (the loss is convex in 1/T)."""
     logits, labels = logits.double(), labels.long()
 
     def loss(log_t: float) -> float:
         return float(F.cross_entropy(logits / math.exp(log_t), labels))
 
-    lo, hi = math.log(0.05), math.log(20.0)
+    lo, hi = (math.log(t) for t in TEMPERATURES)
     ratio = (math.sqrt(5) - 1) / 2
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
     fa, fb = loss(a), loss(b)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import MnistCnnError
 from .schema import ONNX_ARCHITECTURE, check_onnx_metadata
-from .spec import InputSpec, ModelInfo, SpecFields, float_or_none
+from .spec import InputSpec, ModelInfo, SpecFields, float_or_none, temperature_or_none
 
 
 class OnnxModel(SpecFields):
@@ -108,5 +108,4 @@ class OnnxModel(SpecFields):
     @property
     def temperature(self) -> float | None:
         """The temperature its run fitted on the test set, where the export carries one."""
-        t = float_or_none(self.metadata.get("temperature"))
-        return t if t is not None and 0 < t < float("inf") else None
+        return temperature_or_none(self.metadata.get("temperature"))

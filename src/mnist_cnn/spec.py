@@ -164,3 +164,14 @@ def float_or_none(value) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+# the range evaluation.fit_temperature searches: a file claiming more is not believed
+TEMPERATURES = (0.05, 20.0)
+
+
+def temperature_or_none(value) -> float | None:
+    """A model's temperature as a run or an export states it, or None where it is missing or
+    outside TEMPERATURES (NaN, 0, negative, or a value no fit gives)."""
+    t = float_or_none(value)
+    return t if t is not None and TEMPERATURES[0] <= t <= TEMPERATURES[1] else None
