@@ -337,6 +337,23 @@ def test_read_endpoint(served, sure_digits):
     assert status == 422 and "no ink" in json.loads(answer)["error"]
 
 
+def test_the_service_reads_with_the_models_temperature(predictor, sure_digits, monkeypatch):
+    """POST /v1/read reads as Predictor.read does, with the model's own temperature."""
+    from mnist_cnn import segment
+    from mnist_cnn.preprocessing import load_image_sized
+    from mnist_cnn.serve.app import _read_number
+
+    given = []
+    nothing = ([], [], np.zeros((0, 10)))
+    monkeypatch.setattr(segment, "read_number", lambda *a, **kw: given.append(kw) or nothing)
+    rng = np.random.default_rng(3)
+    canvas, _ = compose_number([sure_digits[k][0] for k in (2, 7)], rng, height=40)
+    gray, _ = load_image_sized(number_image(canvas, rng, photo=False))
+    _read_number("n.png", gray, (1.0, 1.0), predictor)
+    assert predictor.temperature is not None
+    assert given == [{"temperature": predictor.temperature}]
+
+
 def test_number_mode_of_the_page(browser, served, tmp_path):  # noqa: F811
     import os
     from pathlib import Path

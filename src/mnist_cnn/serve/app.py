@@ -192,7 +192,9 @@ def _read_number(name: str | None, gray: np.ndarray, scale, predictor) -> dict:
     from ..segment import number_record, read_number
 
     try:
-        digits, _, probs = read_number(gray, predictor.probabilities)
+        digits, _, probs = read_number(
+            gray, predictor.probabilities, temperature=predictor.temperature
+        )
     except ImageError as e:
         raise ApiError(422, str(e)) from None
     return number_record(name, digits, probs, predictor.classes, scale)
