@@ -46,15 +46,19 @@ def evaluate(
     std: float,
     num_classes: int = 10,
     batch_size: int = 1000,
+    calibrate: bool = True,
 ) -> EvalResult:
-    """Run ``model`` in eval mode over uint8 ``images`` (N, 28, 28) with integer ``labels``."""
+    """Run ``model`` in eval mode over uint8 ``images`` (N, 28, 28) with integer ``labels``;
+    ``calibrate``: fit its temperature too (the evaluations that are kept; a training epoch's
+    score, which keeps only accuracy and loss, skips it)."""
     device = next(model.parameters()).device
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     seen = []
     for rows, logits in _batched_logits(model, images, mean, std, batch_size):
         y = labels[rows].to(device)
-        seen.append(logits.float())
+        if calibrate:
+            seen.append(logits.float())
         total_loss += F.cross_entropy(logits.float(), y, reduction="sum").double()
         pred = logits.argmax(dim=1)
         confusion += torch.bincount(

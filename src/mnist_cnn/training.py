@@ -571,6 +571,7 @@ def _eval_record(model, splits: _Splits, data: Dataset, config: TrainConfig, ran
             std=data.info.std,
             num_classes=data.info.num_classes,
             batch_size=config.eval_batch_size,
+            calibrate=False,
         )
         return ranks.pool(result.accuracy, result.loss, len(images))
 
