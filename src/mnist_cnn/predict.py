@@ -146,11 +146,20 @@ class Predictor:
         """
         return self.read_items(as_items([image], [name]))[0]
 
+    def read_gray(self, gray: np.ndarray, whole=None):
+        """(digits, their Preprocessed, their probabilities): the number in a decoded image
+        (``segment.read_number``) read by this model, with its temperature; ``whole()``
+        preprocesses the image as ``predict`` would, for one digit. The CLI's and the
+        service's one way to read a number."""
+        from .segment import read_number
+
+        return read_number(gray, self.probabilities, whole, temperature=self.temperature)
+
     def read_items(self, items: list[Item], keep=None) -> list[dict]:
         """:meth:`read` records for ``items`` in order, or ``{"file", "error"}`` for an image
         that could not be used; ``keep(item, [Preprocessed, ...])`` sees each one's digits."""
         from .preprocessing import load_image_sized
-        from .segment import WORK_SIDE, number_record, read_number
+        from .segment import WORK_SIDE, number_record
 
         if self.style != "mnist":
             raise MnistCnnError(f"reading numbers needs a model of digits, not of {self.style}")
@@ -163,12 +172,7 @@ class Predictor:
                 if hasattr(source, "detach") and hasattr(source, "numpy"):  # a torch tensor
                     source = source.detach().cpu().numpy()
                 gray, (w, h) = load_image_sized(source, max_pixels=self.max_pixels, side=WORK_SIDE)
-                digits, pres, probs = read_number(
-                    gray,
-                    self.probabilities,
-                    whole=partial(self.preprocess, source),
-                    temperature=self.temperature,
-                )
+                digits, pres, probs = self.read_gray(gray, partial(self.preprocess, source))
             except Exception as e:
                 records.append(_failure(item, e))
                 continue

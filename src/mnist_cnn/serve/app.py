@@ -189,12 +189,10 @@ class Service:
 def _read_number(name: str | None, gray: np.ndarray, scale, predictor) -> dict:
     """The record of the number written in ``gray`` (segmentation checks and the digits' own
     batch run on the model directly, not through the micro-batcher)."""
-    from ..segment import number_record, read_number
+    from ..segment import number_record
 
     try:
-        digits, _, probs = read_number(
-            gray, predictor.probabilities, temperature=predictor.temperature
-        )
+        digits, _, probs = predictor.read_gray(gray)
     except ImageError as e:
         raise ApiError(422, str(e)) from None
     return number_record(name, digits, probs, predictor.classes, scale)
