@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from mnist_cnn.augment import augment_batch, elastic_field, handwriting, random_affine, stroke_width
+from mnist_cnn.augment import (
+    augment_batch,
+    elastic_field,
+    handwriting,
+    random_affine,
+    stroke_width,
+    touching_pairs,
+)
 
 
 def strokes(n=16) -> torch.Tensor:
@@ -81,3 +88,38 @@ def test_elastic_field_is_smooth_and_bounded():
     assert pixels.abs().max() > 0.5
     step = (pixels[:, 1:] - pixels[:, :-1]).abs().max()
     assert step < 0.5, "neighbours move together: a wobble, not noise"
+
+
+def ink_box(image: torch.Tensor, level: float = 0.3) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right), exclusive, of the pixels above ``level`` in (1, H, W)."""
+    rows = torch.nonzero(image[0].amax(dim=1) > level).flatten()
+    cols = torch.nonzero(image[0].amax(dim=0) > level).flatten()
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def test_touching_pairs_write_two_digits_side_by_side_in_mnists_box():
+    # each a bar 3 pixels wide and 16 tall: a pair is 4-6 wide (overlapping by 0-2, at most
+    # the narrower's width less 1), then scaled by 20 / 16
+    pairs = touching_pairs(strokes(4), 64, generator=seeded(0))
+    assert pairs.shape == (64, 1, 28, 28) and pairs.min() >= 0 and pairs.max() <= 1 + 1e-6
+    for pair in pairs:
+        top, bottom, left, right = ink_box(pair)
+        assert bottom - top == 20, "the longer side fills the 20-pixel box"
+        assert 5 <= right - left <= 8
+        assert abs((top + bottom) / 2 - 14) <= 1 and abs((left + right) / 2 - 14) <= 1
+
+    blocks = torch.zeros(2, 1, 28, 28)
+    blocks[:, :, 9:19, 9:19] = 1.0  # a 10x10 square: side by side, the pair is 17-20 wide
+    for pair in touching_pairs(blocks, 32, generator=seeded(1)):
+        top, bottom, left, right = ink_box(pair)
+        assert right - left == 20 and 9 <= bottom - top <= 12
+
+
+def test_touching_pairs_take_both_digits_from_the_batch_and_repeat_with_a_seed():
+    x = torch.zeros(2, 1, 28, 28)
+    x[0, :, 4:24, 13:15] = 1.0  # a 1
+    x[1, :, 4:24, 8:20] = 1.0  # a block
+    pairs = touching_pairs(x, 200, generator=seeded(5))
+    widths = {ink_box(p)[3] - ink_box(p)[2] for p in pairs}
+    assert len(widths) >= 3, "1+1, 1+block, block+1 and block+block differ in shape"
+    assert torch.equal(pairs, touching_pairs(x, 200, generator=seeded(5)))

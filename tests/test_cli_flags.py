@@ -68,6 +68,7 @@ def test_a_library_error_names_the_field_and_the_cli_the_flag(tmp_path, capsys):
         (["train", "--lr", "nan"], "--lr must be a positive number"),
         (["train", "--dropout", "1"], "--dropout must be in [0, 1)"),
         (["train", "--label-smoothing", "-0.1"], "--label-smoothing must be in [0, 1)"),
+        (["train", "--pairs", "1"], "--pairs must be in [0, 1)"),
         (["train", "--seed", str(2**32)], "--seed must be between 0 and 4294967295"),
         (["train", "--val-size", "-1"], "--val-size must be at least 0"),
         (["train", "--dist-timeout", "0"], "--dist-timeout must be between 0 and 86400 seconds"),

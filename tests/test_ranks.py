@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from mnist_cnn.distributed import DistributedRanks, Ranks
 from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.training import PAIR_WEIGHT, batch_loss
 
 CPU = torch.device("cpu")
 
@@ -100,6 +101,54 @@ def test_the_ranks_gradients_average_to_the_whole_batchs(world):
         ranks = DistributedRanks(r, world, r, "gloo", CPU)
         each.append(gradient(ranks, ranks.shard(torch.arange(12))) / world)  # DDP's average
     torch.testing.assert_close(torch.cat(each), whole)
+
+
+def test_a_batch_without_pairs_is_scored_by_cross_entropy_alone():
+    logits, y = torch.randn(10, 4, generator=torch.Generator().manual_seed(0)), torch.arange(10) % 4
+    for reduction in ("mean", "sum"):
+        assert torch.equal(
+            batch_loss(logits, y, 0.1, reduction),
+            F.cross_entropy(logits, y, label_smoothing=0.1, reduction=reduction),
+        )
+
+
+def test_touching_pairs_cost_their_distance_from_no_digit():
+    """Pairs (the rows after the digits) are scored against every class equally likely: a
+    pair read as uniform costs PAIR_WEIGHT * log(classes), the least it can; one read as a
+    sure digit costs more. "sum" is the mean times the digits' count, as Ranks expects."""
+    digits, y = torch.randn(6, 10, generator=torch.Generator().manual_seed(2)), torch.arange(6)
+    alone = F.cross_entropy(digits, y, label_smoothing=0.1)
+    unsure = torch.cat([digits, torch.zeros(3, 10)])
+    torch.testing.assert_close(
+        batch_loss(unsure, y, 0.1), alone + PAIR_WEIGHT * torch.log(torch.tensor(10.0))
+    )
+    sure = torch.cat([digits, 8 * torch.eye(10)[:3]])
+    assert batch_loss(sure, y, 0.1) > batch_loss(unsure, y, 0.1) + 1
+    torch.testing.assert_close(batch_loss(sure, y, 0.1, "sum"), 6 * batch_loss(sure, y, 0.1))
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_with_pairs_the_ranks_gradients_still_average_to_the_whole_batchs(world):
+    """Each rank adds pairs to its own shard, in proportion: DDP's average of their gradients
+    is the gradient of the whole batch (all digits, then all pairs) as one process takes it."""
+    logits = torch.randn(12 + 6, 10, generator=torch.Generator().manual_seed(3))
+    y = torch.arange(12) % 10
+
+    def gradient(ranks, digits, pairs) -> torch.Tensor:
+        x = torch.cat([logits[digits], logits[12:][pairs]]).clone().requires_grad_()
+        ranks.batch_loss(partial(batch_loss, x, y[digits], 0.1), 12).backward()
+        assert x.grad is not None
+        return x.grad
+
+    whole = gradient(Ranks(), torch.arange(12), torch.arange(6))
+    digit_grads, pair_grads = [], []
+    for r in range(world):
+        ranks = DistributedRanks(r, world, r, "gloo", CPU)
+        digits, pairs = ranks.shard(torch.arange(12)), ranks.shard(torch.arange(6))
+        g = gradient(ranks, digits, pairs) / world  # DDP's average
+        digit_grads.append(g[: len(digits)])
+        pair_grads.append(g[len(digits) :])
+    torch.testing.assert_close(torch.cat(digit_grads + pair_grads), whole)
 
 
 @pytest.fixture

@@ -237,3 +237,25 @@ def test_interrupted_onecycle_run_resumes_exactly(tiny_data, tmp_path):
     with pytest.raises(Exception, match="planned for 3 epochs"):
         train(TrainConfig.from_recipe("best", name="cut", **{**kw, "epochs": 5}),
               resume=tmp_path / "cut")  # fmt: skip
+
+
+def test_training_with_touching_pairs_makes_the_model_unsure_of_them(tiny_data, tmp_path):
+    """--pairs adds two touching digits per image to each batch, trained towards no digit: the
+    model it gives reads such pairs far less surely than one trained without them, and still
+    reads the digits themselves."""
+    from mnist_cnn.augment import touching_pairs
+
+    data = load_dataset("mnist", tiny_data)
+    x = data.test_images[:200].float().unsqueeze(1) / 255
+    pairs = touching_pairs(x, 200, generator=torch.Generator().manual_seed(0))
+    sure = {}
+    for share in (0.0, 0.25):
+        result = train(config(tiny_data, tmp_path, epochs=3, pairs=share, name=f"p{share}"))
+        assert result.final["test_accuracy"] >= 0.9
+        saved = json.loads((result.run_dir / "config.json").read_text())
+        assert saved["training"]["pairs"] == share
+        trained = load_run(result.run_dir)
+        with torch.no_grad():
+            probs = trained.model((pairs - trained.mean) / trained.std).softmax(dim=1)
+        sure[share] = probs.amax(dim=1).mean().item()
+    assert sure[0.25] < sure[0.0] - 0.2, sure

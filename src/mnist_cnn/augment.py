@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .preprocessing import BOX
+
 
 def _uniform(n: int, bound: float, device, generator) -> torch.Tensor:
     """(n,) uniform draws in [-bound, bound]."""
@@ -130,6 +132,62 @@ def handwriting(
             n, h, w, alpha=elastic, device=x.device, generator=generator, dtype=grid.dtype
         )
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _ink_span(profile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, last) index where each row of ``profile`` (N, L) has ink (0, 0 where none)."""
+    inked = profile > 0.1
+    first = inked.int().argmax(dim=1)
+    last = profile.shape[1] - 1 - inked.flip(1).int().argmax(dim=1)
+    return first, torch.maximum(last, first)
+
+
+def touching_pairs(
+    images: torch.Tensor, count: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``count`` images (count, 1, H, W) that are no single digit: two digits of ``images``
+    (N, 1, H, W) in 0..1, background 0, written side by side with their ink touching or
+    overlapping by 0-3 columns, the pair cut to its ink and fitted into MNIST's 20-pixel box
+    as the preprocessing fits a digit: what a piece of a number looks like to the model when
+    it holds two touching digits. Trained towards every class equally likely (outlier
+    exposure, Hendrycks et al. 2019), they teach the model to be unsure of such a piece, so
+    that reading a number cuts it. One affine resampling per digit (no loop, no host sync)."""
+    n, _, h, w = images.shape
+    device, dtype = images.device, images.dtype
+    kw = {} if generator is None else {"generator": generator}
+    left = images[torch.randint(n, (count,), device=device, **kw)]
+    right = images[torch.randint(n, (count,), device=device, **kw)]
+    la, ra = _ink_span(left.sum(dim=2)[:, 0])  # columns
+    lb, rb = _ink_span(right.sum(dim=2)[:, 0])
+    ta, ba = _ink_span(left.sum(dim=3)[:, 0])  # rows
+    tb, bb = _ink_span(right.sum(dim=3)[:, 0])
+    wa, wb = (ra - la + 1).to(dtype), (rb - lb + 1).to(dtype)
+    overlap = torch.randint(0, 4, (count,), device=device, **kw).to(dtype)
+    overlap = torch.minimum(overlap, torch.minimum(wa, wb) - 1)
+    width = wa + wb - overlap  # the pair's ink, in pixels
+    top = torch.minimum(ta, tb).to(dtype)
+    height = torch.maximum(ba, bb).to(dtype) - top + 1
+    scale = BOX / torch.maximum(width, height)  # the longer side to 20 pixels, centred
+    x0, y0 = (w - width * scale) / 2, (h - height * scale) / 2
+
+    def place(image, first_col, shift):
+        # output pixel (u, v) shows the canvas at ((u - x0) / scale, (v - y0) / scale), whose
+        # column c is column c + first_col - shift of this digit's image (grid units: -1..1)
+        zero = torch.zeros_like(scale)
+        cx = ((w / 2 - x0) / scale + first_col - shift) * 2 / w - 1
+        cy = ((h / 2 - y0) / scale + top) * 2 / h - 1
+        theta = torch.stack(
+            [torch.stack([1 / scale, zero, cx], 1), torch.stack([zero, 1 / scale, cy], 1)], dim=1
+        )
+        # sampled at twice the resolution, then averaged: the reduction does not alias
+        grid = F.affine_grid(theta, [count, 1, 2 * h, 2 * w], align_corners=False)
+        fine = F.grid_sample(
+            image, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        return F.avg_pool2d(fine, 2)
+
+    zero = torch.zeros_like(wa)
+    return torch.maximum(place(left, la.to(dtype), zero), place(right, lb.to(dtype), wa - overlap))
 
 
 KINDS = ("affine", "handwriting")

@@ -201,6 +201,13 @@ def _add_train(sub) -> None:
         "scaling)",
     )
     t.add_argument(
+        "--pairs",
+        type=_setting("pairs", float),
+        metavar="SHARE",
+        help="add this share of each batch as two touching digits in one image, trained "
+        "towards no digit, so that `read` cuts such pieces (default 0; the fast recipe: 0.125)",
+    )
+    t.add_argument(
         "--precision",
         choices=PRECISIONS,
         help="fp32 (the reference recipe's), bf16 autocast, or auto (fast, best and gpu's): "

@@ -145,6 +145,7 @@ def _training(config: dict, training: dict) -> str:
             "schedule",
             "label_smoothing",
             "augment",
+            "pairs",
             "dropout",
             "precision",
             "seed",

@@ -57,5 +57,6 @@ RANGES: dict[str, Range] = {
     "seed": between(0, 2**32 - 1),
     "val_size": at_least(0),
     "label_smoothing": FRACTION,
+    "pairs": FRACTION,
     "dropout": FRACTION,
 }

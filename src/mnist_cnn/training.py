@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
-from .augment import KINDS, augment_batch
+from .augment import KINDS, augment_batch, touching_pairs
 from .checkpoint import (
     CONFIG_FILE,
     FORMAT_VERSION,
@@ -72,6 +72,8 @@ class TrainConfig:
     schedule: str = "constant"  # or "onecycle": warm up to lr, then anneal towards 0
     label_smoothing: float = 0.0
     augment: bool | str = False  # augment.py's KINDS by name; True: "handwriting"
+    # this share of each batch again, as pairs of touching digits trained towards "no digit"
+    pairs: float = 0.0
     precision: str = "fp32"  # "bf16": autocast; "auto": bf16 where the device computes it natively
     compile: bool = False  # torch.compile the training step's model (pays off on GPUs)
     seed: int = 777  # model init, dropout, shuffling, augmentation and the validation split
@@ -498,6 +500,27 @@ def _restore(run_dir: Path, run: _Run, ranks: Ranks) -> list[dict]:
     return history
 
 
+# The weight of the pairs' loss (cross-entropy against the uniform distribution) beside the
+# digits' mean loss: outlier exposure's usual 0.5 (Hendrycks et al., 2019).
+PAIR_WEIGHT = 0.5
+
+
+def batch_loss(
+    logits: torch.Tensor, labels: torch.Tensor, smoothing: float, reduction: str = "mean"
+) -> torch.Tensor:
+    """The training loss of a batch whose first ``len(labels)`` rows are digits and the rest
+    touching pairs (``TrainConfig.pairs``): the digits' cross-entropy, plus ``PAIR_WEIGHT``
+    times the pairs' cross-entropy against every class equally likely, each part a mean over
+    its rows ("mean") or that mean times the digits' count ("sum", as distributed.Ranks sums)."""
+    m = len(labels)
+    if len(logits) == m:
+        return F.cross_entropy(logits, labels, label_smoothing=smoothing, reduction=reduction)
+    total = F.cross_entropy(logits[:m], labels, label_smoothing=smoothing, reduction="sum")
+    uniform = -F.log_softmax(logits[m:], dim=1).mean(dim=1)  # each pair's, against 1/classes
+    total = total + PAIR_WEIGHT * uniform.mean() * m
+    return total / m if reduction == "mean" else total
+
+
 def _train_epoch(run: _Run, splits: _Splits, config: TrainConfig, epoch, ranks: Ranks, progress):
     """One epoch of steps. The epoch's last, smaller batch goes to the eager model, for which a
     compiled model would compile a second graph."""
@@ -524,15 +547,12 @@ def _train_epoch(run: _Run, splits: _Splits, config: TrainConfig, epoch, ranks: 
         idx = ranks.shard(idx)
         x = splits.train_x[idx].float() / 255  # (B, 1, 28, 28) in 0..1
         x = augment_batch(x, config.augment)
+        if config.pairs:
+            x = torch.cat([x, touching_pairs(x, max(1, round(config.pairs * len(x))))])
         x = ((x - splits.mean) / splits.std).contiguous(memory_format=torch.channels_last)
         with autocast:  # the weights stay fp32
             logits = (run.step_model if size == bs else run.eager_model)(x)
-        losses = partial(
-            F.cross_entropy,
-            logits.float(),
-            splits.train_y[idx],
-            label_smoothing=config.label_smoothing,
-        )
+        losses = partial(batch_loss, logits.float(), splits.train_y[idx], config.label_smoothing)
         loss = ranks.batch_loss(losses, size)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
