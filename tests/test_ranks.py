@@ -4,6 +4,7 @@ under torchrun, the process group's. Both answer the same methods with the same 
 from __future__ import annotations
 
 import inspect
+import math
 from functools import partial
 
 import pytest
@@ -113,17 +114,19 @@ def test_a_batch_without_pairs_is_scored_by_cross_entropy_alone():
 
 
 def test_touching_pairs_cost_their_distance_from_no_digit():
-    """Pairs (the rows after the digits) are scored against every class equally likely: a
-    pair read as uniform costs PAIR_WEIGHT * log(classes), the least it can; one read as a
-    sure digit costs more. "sum" is the mean times the digits' count, as Ranks expects."""
+    """Pairs (the rows after the digits) are scored by their divergence from every class
+    equally likely: a pair read as uniform costs nothing, one read as a sure digit costs
+    PAIR_WEIGHT times its cross-entropy against uniform less log(classes). "sum" is the mean
+    times the digits' count, as Ranks expects."""
     digits, y = torch.randn(6, 10, generator=torch.Generator().manual_seed(2)), torch.arange(6)
     alone = F.cross_entropy(digits, y, label_smoothing=0.1)
     unsure = torch.cat([digits, torch.zeros(3, 10)])
-    torch.testing.assert_close(
-        batch_loss(unsure, y, 0.1), alone + PAIR_WEIGHT * torch.log(torch.tensor(10.0))
-    )
+    torch.testing.assert_close(batch_loss(unsure, y, 0.1), alone)
     sure = torch.cat([digits, 8 * torch.eye(10)[:3]])
-    assert batch_loss(sure, y, 0.1) > batch_loss(unsure, y, 0.1) + 1
+    against_uniform = -torch.log_softmax(8 * torch.eye(10)[0], dim=0).mean()
+    torch.testing.assert_close(
+        batch_loss(sure, y, 0.1), alone + PAIR_WEIGHT * (against_uniform - math.log(10))
+    )
     torch.testing.assert_close(batch_loss(sure, y, 0.1, "sum"), 6 * batch_loss(sure, y, 0.1))
 
 

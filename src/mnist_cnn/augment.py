@@ -139,7 +139,7 @@ def _ink_span(profile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     inked = profile > 0.1
     first = inked.int().argmax(dim=1)
     last = profile.shape[1] - 1 - inked.flip(1).int().argmax(dim=1)
-    return first, torch.maximum(last, first)
+    return first, torch.where(inked.any(dim=1), last, first)
 
 
 def touching_pairs(
@@ -148,10 +148,12 @@ def touching_pairs(
     """``count`` images (count, 1, H, W) that are no single digit: two digits of ``images``
     (N, 1, H, W) in 0..1, background 0, written side by side with their ink touching or
     overlapping by 0-3 columns, the pair cut to its ink and fitted into MNIST's 20-pixel box
-    as the preprocessing fits a digit: what a piece of a number looks like to the model when
-    it holds two touching digits. Trained towards every class equally likely (outlier
-    exposure, Hendrycks et al. 2019), they teach the model to be unsure of such a piece, so
-    that reading a number cuts it. One affine resampling per digit (no loop, no host sync)."""
+    as the preprocessing fits a digit (centred by its box where the preprocessing centres by
+    mass: a pixel or two apart for a lopsided pair). That is what a piece of a number looks
+    like to the model when it holds two touching digits. Trained towards every class equally
+    likely (outlier exposure, Hendrycks et al. 2019), they teach the model to be unsure of
+    such a piece, so that reading a number cuts it. One affine resampling per digit (no loop,
+    no host sync)."""
     n, _, h, w = images.shape
     device, dtype = images.device, images.dtype
     kw = {} if generator is None else {"generator": generator}

@@ -60,7 +60,8 @@ CUTTABLE, VALLEY, EDGE, BAND, WIDEST, MAX_ATOMS = 0.6, 0.1, 0.2, 0.07, 1.8, 8
 CONFIDENCE, WIDER, NARROWER, SHORTER, HEIGHT_SPREAD = 3.0, 0.5, 0.1, 0.5, 0.2
 DIGIT, JOINED, CUT, STROKE, NO_DIGIT = 2.0, 1.0, 1.5, 0.25, -30.0
 # The fast recipe's model, with which those weights were chosen, fits MNIST's test labels best
-# at this temperature (evaluation.fit_temperature; label smoothing holds it back). A model
+# at this temperature (evaluation.fit_temperature; label smoothing holds it back; with
+# `--pairs 0.125`, unsure of two digits in one piece: 0.39-0.41). A model
 # surer of itself (one trained without label smoothing: 1.16) is read as if it were this sure,
 # its log probabilities scaled by TUNED_TEMPERATURE / its own temperature: on numbers made for
 # it (seeds 100 and 200, not the benchmark's), such a model then read 2-6 points more clean

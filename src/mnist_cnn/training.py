@@ -510,13 +510,15 @@ def batch_loss(
 ) -> torch.Tensor:
     """The training loss of a batch whose first ``len(labels)`` rows are digits and the rest
     touching pairs (``TrainConfig.pairs``): the digits' cross-entropy, plus ``PAIR_WEIGHT``
-    times the pairs' cross-entropy against every class equally likely, each part a mean over
-    its rows ("mean") or that mean times the digits' count ("sum", as distributed.Ranks sums)."""
+    times the pairs' divergence from every class equally likely (their cross-entropy against
+    it less its floor, log(classes): the same gradient, and 0 for a pair read as no digit, so
+    the loss logged stays comparable with a run's without pairs), each part a mean over its
+    rows ("mean") or that mean times the digits' count ("sum", as distributed.Ranks sums)."""
     m = len(labels)
     if len(logits) == m:
         return F.cross_entropy(logits, labels, label_smoothing=smoothing, reduction=reduction)
     total = F.cross_entropy(logits[:m], labels, label_smoothing=smoothing, reduction="sum")
-    uniform = -F.log_softmax(logits[m:], dim=1).mean(dim=1)  # each pair's, against 1/classes
+    uniform = -F.log_softmax(logits[m:], dim=1).mean(dim=1) - math.log(logits.shape[1])
     total = total + PAIR_WEIGHT * uniform.mean() * m
     return total / m if reduction == "mean" else total
 
@@ -547,7 +549,7 @@ def _train_epoch(run: _Run, splits: _Splits, config: TrainConfig, epoch, ranks: 
         idx = ranks.shard(idx)
         x = splits.train_x[idx].float() / 255  # (B, 1, 28, 28) in 0..1
         x = augment_batch(x, config.augment)
-        if config.pairs:
+        if config.pairs and len(x):  # (a rank's shard of the last batch may be empty)
             x = torch.cat([x, touching_pairs(x, max(1, round(config.pairs * len(x))))])
         x = ((x - splits.mean) / splits.std).contiguous(memory_format=torch.channels_last)
         with autocast:  # the weights stay fp32
