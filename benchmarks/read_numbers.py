@@ -10,11 +10,11 @@ by 1-4 pixels. Each is read with Predictor.read from its encoded bytes, as from 
 String accuracy: the whole number right, with its 95% interval (Wilson's: 100 numbers at 96%
 give 90-98%, 1,000 give 94.6-97.0%; compare versions on the same seed, number by number, with
 ``--record``). Digit accuracy: 1 - edit distance / length. Count errors: too many or too few
-digits. "alone" is the string accuracy the same digits get when
-predict reads each one by itself, written clean on white (what the model can do with these
-digits); "same" is the same, each digit written alone at the number's height and as the
-number's variant (photo-like where the number is): the model's share of the errors on that very
-kind of image, the rest is segmentation.
+digits. "alone" is the string accuracy the same digits get when predict reads each one by
+itself, written clean on white (what the model can do with these digits); "same" is the same,
+each digit written alone at the number's height and as the number's variant (photo-like where
+the number is): the model's share of the errors on that very kind of image, the rest is
+segmentation.
 Last, the time to read a 4-digit number from a 12-megapixel photo (JPEG file, one thread), for
 seven different numbers.
 

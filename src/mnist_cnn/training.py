@@ -500,7 +500,7 @@ def _restore(run_dir: Path, run: _Run, ranks: Ranks) -> list[dict]:
     return history
 
 
-# The weight of the pairs' loss (cross-entropy against the uniform distribution) beside the
+# The weight of the pairs' loss (their divergence from the uniform distribution) beside the
 # digits' mean loss: outlier exposure's usual 0.5 (Hendrycks et al., 2019).
 PAIR_WEIGHT = 0.5
 
