@@ -156,15 +156,14 @@ def touching_pairs(
     no host sync)."""
     n, _, h, w = images.shape
     device, dtype = images.device, images.dtype
-    kw = {} if generator is None else {"generator": generator}
-    left = images[torch.randint(n, (count,), device=device, **kw)]
-    right = images[torch.randint(n, (count,), device=device, **kw)]
+    left = images[torch.randint(n, (count,), device=device, generator=generator)]
+    right = images[torch.randint(n, (count,), device=device, generator=generator)]
     la, ra = _ink_span(left.sum(dim=2)[:, 0])  # columns
     lb, rb = _ink_span(right.sum(dim=2)[:, 0])
     ta, ba = _ink_span(left.sum(dim=3)[:, 0])  # rows
     tb, bb = _ink_span(right.sum(dim=3)[:, 0])
     wa, wb = (ra - la + 1).to(dtype), (rb - lb + 1).to(dtype)
-    overlap = torch.randint(0, 4, (count,), device=device, **kw).to(dtype)
+    overlap = torch.randint(0, 4, (count,), device=device, generator=generator).to(dtype)
     overlap = torch.minimum(overlap, torch.minimum(wa, wb) - 1)
     width = wa + wb - overlap  # the pair's ink, in pixels
     top = torch.minimum(ta, tb).to(dtype)
