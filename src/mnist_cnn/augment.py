@@ -175,7 +175,7 @@ def touching_pairs(
         # output pixel (u, v) shows the canvas at ((u - x0) / scale, (v - y0) / scale), whose
         # column c is column c + first_col - shift of this digit's image (grid units: -1..1)
         zero = torch.zeros_like(scale)
-        cx = ((w / 2 - x0) / scale + first_col - shift) * 2 / w - 1
+        cx = ((w / 2 - x0) / scale + first_col.to(dtype) - shift) * 2 / w - 1
         cy = ((h / 2 - y0) / scale + top) * 2 / h - 1
         theta = torch.stack(
             [torch.stack([1 / scale, zero, cx], 1), torch.stack([zero, 1 / scale, cy], 1)], dim=1
@@ -187,8 +187,7 @@ def touching_pairs(
         )
         return F.avg_pool2d(fine, 2)
 
-    zero = torch.zeros_like(wa)
-    return torch.maximum(place(left, la.to(dtype), zero), place(right, lb.to(dtype), wa - overlap))
+    return torch.maximum(place(left, la, 0.0), place(right, lb, wa - overlap))
 
 
 KINDS = ("affine", "handwriting")
