@@ -241,7 +241,7 @@ def _digit_ink(gray: np.ndarray, steps: dict, depth: int = 0) -> tuple[bool, np.
     residual = small - bg  # >= 0: an opening never rises above the image
     threshold = _otsu(residual)
     mask = residual > threshold
-    if mask.sum() < 3 or residual[mask].mean() < 0.05:
+    if np.count_nonzero(mask) < 3 or residual[mask].mean() < 0.05:
         raise ImageError("no ink found (a blank or nearly uniform image)")
     labels, comps = ink_.components(mask, residual)
     inside = ink_.frame_inside(labels, comps) if depth < 2 else None
@@ -266,8 +266,7 @@ def _digit_ink(gray: np.ndarray, steps: dict, depth: int = 0) -> tuple[bool, np.
 def _resize(a: np.ndarray, size: tuple[int, int], resample) -> np.ndarray:
     if a.shape[::-1] == tuple(size):
         return a
-    img = Image.fromarray(np.ascontiguousarray(a, np.float32), mode="F")
-    return np.asarray(img.resize(size, resample), np.float32)
+    return ink_.resize(a, size, resample)
 
 
 def _stretch(ink: np.ndarray, threshold: float) -> tuple[np.ndarray, float, float]:
@@ -406,22 +405,12 @@ def _bounding_box(ink: np.ndarray, trim: float = 0.002) -> tuple[int, int, int, 
 THIN_LIMIT, THIN_TARGET = 2.0, 2.4
 
 
-def _stroke_width(mask: np.ndarray) -> float:
-    inner = mask.copy()
-    inner[1:] &= mask[:-1]
-    inner[:-1] &= mask[1:]
-    inner[:, 1:] &= mask[:, :-1]
-    inner[:, :-1] &= mask[:, 1:]
-    perimeter = int((mask & ~inner).sum())
-    return 2 * int(mask.sum()) / max(perimeter, 1)
-
-
 def _thicken(crop: np.ndarray) -> np.ndarray:
     """Dilate strokes that would end up thinner than MNIST's after scaling to the 20-pixel box."""
     if max(crop.shape) > CROP_SIDE:  # _digit_ink's crops never are; other callers' may be
         crop = _fit_box(crop, CROP_SIDE)
     scale = BOX / max(crop.shape)  # box pixels per crop pixel
-    width = _stroke_width(crop > 0.5) * scale
+    width = ink_.stroke_width(crop > 0.5) * scale
     if width >= THIN_LIMIT:
         return crop
     steps = min(int(np.ceil((THIN_TARGET - width) / (2 * scale))), max(crop.shape) // 8)
@@ -440,10 +429,7 @@ def _fit_box(crop: np.ndarray, box: int) -> np.ndarray:
     h, w = crop.shape
     s = box / max(h, w)
     size = (max(1, round(w * s)), max(1, round(h * s)))
-    data = np.ascontiguousarray(crop, dtype=np.float32).tobytes()
-    img = Image.frombuffer("F", (w, h), data, "raw", "F", 0, 1)  # cheaper than fromarray
-    resized = img.resize(size, Image.Resampling.LANCZOS)
-    out = np.frombuffer(resized.tobytes(), np.float32).reshape(size[1], size[0])
+    out = ink_.resize(crop, size, Image.Resampling.LANCZOS)
     return np.minimum(np.maximum(out, 0), 1)  # Lanczos rings slightly past 0..1
 
 
