@@ -34,9 +34,9 @@ def on_canvas(digit, size=240, canvas=(400, 330), at=(60, 40), dark_on_light=Tru
     return Image.fromarray(np.round(gray * 255).astype(np.uint8), "L")
 
 
-def png(img: Image.Image) -> bytes:
+def png(img: Image.Image, **options) -> bytes:
     buffer = io.BytesIO()
-    img.save(buffer, format="PNG")
+    img.save(buffer, format="PNG", **options)
     return buffer.getvalue()
 
 
@@ -224,3 +224,85 @@ def test_an_inkless_crop_has_the_whole_crop_as_its_box():
     ink = np.zeros((7, 5), np.float32)
     ink[2:4, 1:3] = 1
     assert _bounding_box(ink) == (2, 4, 1, 3)
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _exif_after_pixels(data: bytes, orientation: int) -> bytes:
+    """The PNG ``data`` with an eXIf chunk (orientation) between its pixels and its end."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    body = exif.tobytes()
+    end = data.rindex(b"IEND") - 4
+    return data[:end] + _chunk(b"eXIf", body) + data[end:]
+
+
+def _pngs():
+    """PNGs of every kind people send, those libspng decodes and those left to Pillow."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for mode, channels in (("L", 1), ("LA", 2), ("RGB", 3), ("RGBA", 4)):
+        a = rng.integers(0, 256, (37, 23, channels), dtype=np.uint8)
+        a[:, :9] //= 4  # some ink
+        img = Image.fromarray(a[..., 0] if channels == 1 else a, mode)
+        out[mode] = png(img)
+        out[f"{mode}, stored"] = png(img, compress_level=0)
+        exif = Image.Exif()
+        exif[0x0112] = 6  # shown rotated by 90 degrees
+        out[f"{mode}, EXIF before the pixels"] = png(img, exif=exif)
+        out[f"{mode}, EXIF after the pixels"] = _exif_after_pixels(png(img), 8)
+    out["P"] = png(Image.open(io.BytesIO(out["RGB"])).convert("P"))
+    out["RGB with a transparent colour"] = png(
+        Image.open(io.BytesIO(out["RGB"])), transparency=(0, 0, 0)
+    )
+    out["I;16"] = png(Image.fromarray(np.arange(851, dtype=np.uint16).reshape(37, 23) * 77))
+    out["1"] = png(Image.open(io.BytesIO(out["L"])).convert("1"))
+    return out
+
+
+@pytest.mark.parametrize("kind", list(_pngs()))
+def test_pngs_decode_to_the_same_pixels_as_pillows_own_decoder(kind, monkeypatch):
+    """PNGs in memory are decoded by libspng (pyspng) where it gives Pillow's pixels: the
+    grayscale image, its size and EXIF orientation are those of a Pillow-only decode, bit for
+    bit, whether the bytes or an opened upload are given; metadata after the pixels (which
+    Pillow reads only as it decodes) leaves the file to Pillow."""
+    import pyspng
+
+    from mnist_cnn import preprocessing
+    from mnist_cnn.preprocessing import load_image_sized
+
+    data = _pngs()[kind]
+    calls = []
+    real = pyspng.load
+    monkeypatch.setattr(pyspng, "load", lambda d, *a: calls.append(1) or real(d, *a))
+    fast = load_image_sized(data)
+    with preprocessing.open_image(io.BytesIO(data)) as img:
+        upload = load_image_sized(img)
+    monkeypatch.setattr(preprocessing, "_decode_png", lambda img: None)
+    pillow = load_image_sized(data)
+    for got in (fast, upload):
+        np.testing.assert_array_equal(got[0], pillow[0])
+        assert got[1] == pillow[1]
+    # 8-bit grey, RGB and RGBA, with their metadata before the pixels
+    libspng = kind.split(",")[0] in ("L", "RGB", "RGBA") and "after" not in kind
+    assert len(calls) == (2 if libspng else 0)
+    if "EXIF" in kind:  # rotated by 90 degrees either way: width and height swap
+        assert fast[0].shape == (23, 37) and fast[1] == (37, 23)
+
+
+def test_a_png_libspng_refuses_is_left_to_pillow(monkeypatch):
+    import pyspng
+
+    def refuse(data, *args):
+        raise RuntimeError("pyspng: could not decode image")
+
+    monkeypatch.setattr(pyspng, "load", refuse)
+    data = _pngs()["RGB"]
+    with Image.open(io.BytesIO(data)) as img:
+        expected = np.asarray(img.convert("L"), np.float32) / 255
+    np.testing.assert_array_equal(load_image(data), expected)
