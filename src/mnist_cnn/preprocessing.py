@@ -166,8 +166,9 @@ def _decode_png(img: Image.Image) -> tuple[Image.Image, int] | None:
         pixels = pyspng.load(data)
     except Exception:  # not installed, or a file libspng refuses: Pillow decides
         return None
-    if pixels.dtype != np.uint8 or pixels.shape[:2] != (img.height, img.width):
-        return None
+    channels = () if img.mode == "L" else (len(img.mode),)
+    if pixels.dtype != np.uint8 or pixels.shape != (img.height, img.width, *channels):
+        return None  # not what Pillow's header said: Pillow decides
     # the orientation from the metadata read with the header (PngImageFile.getexif would
     # decode the pixels first, to read the chunks after them)
     orientation = Image.Image.getexif(img).get(ORIENTATION, 1)
