@@ -1,6 +1,8 @@
 """Preprocessing people's images as MNIST was made."""
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -227,41 +229,74 @@ def test_an_inkless_crop_has_the_whole_crop_as_its_box():
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
-    import struct
-    import zlib
-
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _hand_made_png(size, depth, colour, rows: bytes, interlace=0, before=b"") -> bytes:
+    """A PNG put together chunk by chunk: IHDR (``colour``: 0 grey, 2 RGB), the ``before``
+    chunks, ``rows`` (each with its filter byte) in one IDAT, IEND."""
+    head = struct.pack(">IIBBBBB", *size, depth, colour, 0, 0, interlace)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", head)
+        + before
+        + _chunk(b"IDAT", zlib.compress(rows))
+        + _chunk(b"IEND", b"")
+    )
+
+
+def _frame(size, at=(0, 0)) -> bytes:
+    """An APNG frame control chunk (fcTL) for a frame of ``size`` at ``at``."""
+    return _chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, *size, *at, 1, 10, 0, 0))
 
 
 def _exif_after_pixels(data: bytes, orientation: int) -> bytes:
     """The PNG ``data`` with an eXIf chunk (orientation) between its pixels and its end."""
     exif = Image.Exif()
     exif[0x0112] = orientation
-    body = exif.tobytes()
     end = data.rindex(b"IEND") - 4
-    return data[:end] + _chunk(b"eXIf", body) + data[end:]
+    return data[:end] + _chunk(b"eXIf", exif.tobytes()) + data[end:]
 
 
-def _pngs():
-    """PNGs of every kind people send, those libspng decodes and those left to Pillow."""
+def _pngs() -> dict[str, tuple[bytes, bool]]:
+    """PNGs of every kind people send: {kind: (file, whether libspng decodes it)}. It takes
+    8-bit grey, RGB and RGBA with their metadata before the pixels, up to FAST_PNG_PIXELS."""
     rng = np.random.default_rng(0)
     out = {}
     for mode, channels in (("L", 1), ("LA", 2), ("RGB", 3), ("RGBA", 4)):
         a = rng.integers(0, 256, (37, 23, channels), dtype=np.uint8)
         a[:, :9] //= 4  # some ink
         img = Image.fromarray(a[..., 0] if channels == 1 else a, mode)
-        out[mode] = png(img)
-        out[f"{mode}, stored"] = png(img, compress_level=0)
+        fast = mode != "LA"
+        out[mode] = png(img), fast
+        out[f"{mode}, stored"] = png(img, compress_level=0), fast
         exif = Image.Exif()
         exif[0x0112] = 6  # shown rotated by 90 degrees
-        out[f"{mode}, EXIF before the pixels"] = png(img, exif=exif)
-        out[f"{mode}, EXIF after the pixels"] = _exif_after_pixels(png(img), 8)
-    out["P"] = png(Image.open(io.BytesIO(out["RGB"])).convert("P"))
-    out["RGB with a transparent colour"] = png(
-        Image.open(io.BytesIO(out["RGB"])), transparency=(0, 0, 0)
+        out[f"{mode}, EXIF before the pixels"] = png(img, exif=exif), fast
+        out[f"{mode}, EXIF after the pixels"] = _exif_after_pixels(png(img), 8), False
+    rgb = Image.open(io.BytesIO(out["RGB"][0]))
+    out["P"] = png(rgb.convert("P")), False
+    out["RGB with a transparent colour"] = png(rgb, transparency=(0, 0, 0)), False
+    out["grey, 16 bits"] = (
+        png(Image.fromarray(np.arange(851, dtype=np.uint16).reshape(37, 23) * 77)),
+        False,
     )
-    out["I;16"] = png(Image.fromarray(np.arange(851, dtype=np.uint16).reshape(37, 23) * 77))
-    out["1"] = png(Image.open(io.BytesIO(out["L"])).convert("1"))
+    out["1 bit"] = png(rgb.convert("1")), False
+    rows = b"".join(b"\0" + rng.integers(0, 256, 6 * 5, dtype=np.uint8).tobytes() for _ in range(3))
+    out["RGB, 16 bits"] = _hand_made_png((5, 3), 16, 2, rows), False
+    rows = b"".join(b"\0" + rng.integers(0, 256, 3, dtype=np.uint8).tobytes() for _ in range(3))
+    out["grey, 4 bits"] = _hand_made_png((6, 3), 4, 0, rows), False
+    out["grey, interlaced"] = _hand_made_png((1, 1), 8, 0, b"\0\x80", interlace=1), False
+    rows = b"".join(b"\0" + rng.integers(0, 256, 8, dtype=np.uint8).tobytes() for _ in range(6))
+    out["grey"] = _hand_made_png((8, 6), 8, 0, rows), True
+    # a frame's rectangle before the pixels: Pillow shows only it (here the upper half)
+    out["grey, a frame over half of it"] = (
+        _hand_made_png((8, 6), 8, 0, rows, before=_frame((8, 3))),
+        False,
+    )
+    frames = [Image.fromarray(np.full((6, 8), v, np.uint8)) for v in (30, 220)]
+    out["animated"] = png(frames[0], save_all=True, append_images=frames[1:]), False
+    out["large"] = png(Image.new("L", (600, 500), 200)), False  # over FAST_PNG_PIXELS
     return out
 
 
@@ -270,13 +305,13 @@ def test_pngs_decode_to_the_same_pixels_as_pillows_own_decoder(kind, monkeypatch
     """PNGs in memory are decoded by libspng (pyspng) where it gives Pillow's pixels: the
     grayscale image, its size and EXIF orientation are those of a Pillow-only decode, bit for
     bit, whether the bytes or an opened upload are given; metadata after the pixels (which
-    Pillow reads only as it decodes) leaves the file to Pillow."""
+    Pillow reads only as it decodes) leaves the file to Pillow, and so does every other kind."""
     import pyspng
 
     from mnist_cnn import preprocessing
     from mnist_cnn.preprocessing import load_image_sized
 
-    data = _pngs()[kind]
+    data, libspng = _pngs()[kind]
     calls = []
     real = pyspng.load
     monkeypatch.setattr(pyspng, "load", lambda d, *a: calls.append(1) or real(d, *a))
@@ -288,21 +323,35 @@ def test_pngs_decode_to_the_same_pixels_as_pillows_own_decoder(kind, monkeypatch
     for got in (fast, upload):
         np.testing.assert_array_equal(got[0], pillow[0])
         assert got[1] == pillow[1]
-    # 8-bit grey, RGB and RGBA, with their metadata before the pixels
-    libspng = kind.split(",")[0] in ("L", "RGB", "RGBA") and "after" not in kind
     assert len(calls) == (2 if libspng else 0)
     if "EXIF" in kind:  # rotated by 90 degrees either way: width and height swap
         assert fast[0].shape == (23, 37) and fast[1] == (37, 23)
 
 
-def test_a_png_libspng_refuses_is_left_to_pillow(monkeypatch):
+def test_only_pngs_in_memory_go_to_libspng(tmp_path, monkeypatch):
+    """A file read from its path, or from a file object, is Pillow's to decode."""
     import pyspng
 
-    def refuse(data, *args):
-        raise RuntimeError("pyspng: could not decode image")
+    monkeypatch.setattr(pyspng, "load", lambda *a: pytest.fail("libspng decoded a file"))
+    path = tmp_path / "digit.png"
+    path.write_bytes(_pngs()["RGB"][0])
+    with path.open("rb") as f:
+        np.testing.assert_array_equal(load_image(path), load_image(f))
 
-    monkeypatch.setattr(pyspng, "load", refuse)
-    data = _pngs()["RGB"]
+
+@pytest.mark.parametrize("answer", ["refuses", "wrong shape", "16 bits"])
+def test_a_png_libspng_refuses_or_misreads_is_left_to_pillow(answer, monkeypatch):
+    import pyspng
+
+    def libspng(data, *args):
+        if answer == "refuses":
+            raise RuntimeError("pyspng: could not decode image")
+        return np.zeros((3, 5, 4) if answer == "wrong shape" else (37, 23, 3), np.uint8).astype(
+            np.uint16 if answer == "16 bits" else np.uint8
+        )
+
+    monkeypatch.setattr(pyspng, "load", libspng)
+    data = _pngs()["RGB"][0]
     with Image.open(io.BytesIO(data)) as img:
         expected = np.asarray(img.convert("L"), np.float32) / 255
     np.testing.assert_array_equal(load_image(data), expected)
