@@ -61,6 +61,23 @@ def test_records_and_top_k(real_run, test_digits):
     assert record["class"] == str(record["label"])
 
 
+def test_a_predictor_runs_its_model_channels_last_with_the_same_answers(real_run, test_digits):
+    """Predictor.from_run puts the weights in channels-last memory (oneDNN's fast CPU
+    convolutions): the probabilities are the plain model's within float rounding, and the
+    run's own model, from load_run, stays contiguous as PyTorch users expect it."""
+    from mnist_cnn.checkpoint import load_run
+
+    predictor = Predictor.from_run(real_run.run_dir)
+    plain = load_run(real_run.run_dir)
+    conv = predictor.model.model.layer2[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert plain.model.layer2[0].weight.is_contiguous()
+    images = test_digits[0][:64].astype(np.float32) / 255
+    fast, slow = predictor.probabilities(images), plain.probabilities(images)
+    np.testing.assert_allclose(fast, slow, atol=1e-5)
+    assert (fast.argmax(1) == slow.argmax(1)).all()
+
+
 def test_batched_prediction_equals_one_at_a_time(real_run, test_digits):
     predictor = Predictor.from_run(real_run.run_dir)
     images = list(test_digits[0][:40])

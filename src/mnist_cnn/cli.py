@@ -323,7 +323,7 @@ def _cmd_evaluate(args) -> int:
     from .download import load_dataset
     from .evaluation import evaluate
 
-    trained = load_run(args.run, device=select_device(args.device))
+    trained = load_run(args.run, device=select_device(args.device)).for_inference()
     history = trained.history() if args.report else []  # checked before any long work
     dataset = args.dataset or trained.dataset
     data = load_dataset(dataset, args.data_dir, progress=_progress())

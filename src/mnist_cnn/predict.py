@@ -74,7 +74,7 @@ class Predictor:
 
         if threads:
             torch.set_num_threads(threads)
-        return cls(load_run(path, device=device), **kw)
+        return cls(load_run(path, device=device).for_inference(), **kw)
 
     def preprocess(self, source) -> Preprocessed:
         if hasattr(source, "detach") and hasattr(source, "numpy"):  # a torch tensor
