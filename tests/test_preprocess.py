@@ -232,17 +232,14 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def _hand_made_png(size, depth, colour, rows: bytes, interlace=0, before=b"") -> bytes:
+def _hand_made_png(size, depth, colour, rows: bytes, interlace=0, before=b"", parts=1) -> bytes:
     """A PNG put together chunk by chunk: IHDR (``colour``: 0 grey, 2 RGB), the ``before``
-    chunks, ``rows`` (each with its filter byte) in one IDAT, IEND."""
+    chunks, ``rows`` (each with its filter byte) compressed into ``parts`` IDATs, IEND."""
     head = struct.pack(">IIBBBBB", *size, depth, colour, 0, 0, interlace)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", head)
-        + before
-        + _chunk(b"IDAT", zlib.compress(rows))
-        + _chunk(b"IEND", b"")
-    )
+    pixels = zlib.compress(rows)
+    cuts = np.linspace(0, len(pixels), parts + 1).astype(int)
+    idat = b"".join(_chunk(b"IDAT", pixels[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True))
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", head) + before + idat + _chunk(b"IEND", b"")
 
 
 def _frame(size, at=(0, 0)) -> bytes:
@@ -289,9 +286,16 @@ def _pngs() -> dict[str, tuple[bytes, bool]]:
     out["grey, interlaced"] = _hand_made_png((1, 1), 8, 0, b"\0\x80", interlace=1), False
     rows = b"".join(b"\0" + rng.integers(0, 256, 8, dtype=np.uint8).tobytes() for _ in range(6))
     out["grey"] = _hand_made_png((8, 6), 8, 0, rows), True
+    out["grey, its pixels in 3 chunks"] = _hand_made_png((8, 6), 8, 0, rows, parts=3), True
     # a frame's rectangle before the pixels: Pillow shows only it (here the upper half)
     out["grey, a frame over half of it"] = (
         _hand_made_png((8, 6), 8, 0, rows, before=_frame((8, 3))),
+        False,
+    )
+    big = b"".join(b"\0" + rng.integers(0, 256, 400, dtype=np.uint8).tobytes() for _ in range(300))
+    # more chunks than are worth walking through (LATE_CHUNKS) for the metadata after them
+    out["grey, its pixels in 1,100 chunks"] = (
+        _hand_made_png((400, 300), 8, 0, big, parts=1100),
         False,
     )
     frames = [Image.fromarray(np.full((6, 8), v, np.uint8)) for v in (30, 220)]

@@ -139,7 +139,24 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FAST_PNG_PIXELS = 512 * 512
 # Chunks that may say how a PNG is oriented (eXIf; EXIF or XMP in text) and that Pillow reads
 # only while decoding, where they come after the pixels
-_LATE_METADATA = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")
+_LATE_METADATA = {b"eXIf", b"tEXt", b"zTXt", b"iTXt"}
+LATE_CHUNKS = 1024  # more chunks than this after the pixels start: Pillow reads the file
+
+
+def _chunks_from(data: bytes, at: int) -> set[bytes] | None:
+    """The kinds of the PNG chunks in ``data`` from offset ``at`` to IEND, walked by their
+    lengths; None if there are more than LATE_CHUNKS (encoders cut the pixels into chunks of
+    8 KB or more) or the walk runs off the end."""
+    kinds = set()
+    for _ in range(LATE_CHUNKS):
+        if at < 0 or at + 8 > len(data):
+            return None
+        kind = data[at + 4 : at + 8]
+        kinds.add(kind)
+        if kind == b"IEND":
+            return kinds
+        at += 12 + int.from_bytes(data[at : at + 4], "big")
+    return None
 
 
 def _decode_png(img: Image.Image) -> tuple[Image.Image, int] | None:
@@ -167,10 +184,8 @@ def _decode_png(img: Image.Image) -> tuple[Image.Image, int] | None:
     if "transparency" in img.info or img.info.get("interlace"):
         return None
     data = fp.getvalue()
-    pixels_at = data.find(b"IDAT")  # (a false match only ever sends a file to Pillow)
-    if not data.startswith(PNG_SIGNATURE) or any(
-        data.find(c, pixels_at) >= 0 for c in _LATE_METADATA
-    ):
+    later = _chunks_from(data, img.tile[0].offset - 8)  # the first IDAT's length and kind
+    if not data.startswith(PNG_SIGNATURE) or later is None or later & _LATE_METADATA:
         return None
     try:
         import pyspng
