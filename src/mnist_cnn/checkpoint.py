@@ -235,7 +235,7 @@ class TrainedModel(SpecFields):
     def for_inference(self) -> TrainedModel:
         """This model, made to run fast: its weights moved to channels-last (NHWC) memory, in
         which oneDNN's CPU convolutions run it 1.3-2.4x faster (batches of 1 to 1,000, one or
-        two threads; the same probabilities within 1e-7). The weights then no longer lie in
+        two threads; the same probabilities within 5e-7). The weights then no longer lie in
         PyTorch's usual order: ``.contiguous()`` each before saving it with safetensors."""
         self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         return self
