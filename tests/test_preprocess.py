@@ -251,8 +251,9 @@ def _exif_after_pixels(data: bytes, orientation: int) -> bytes:
     """The PNG ``data`` with an eXIf chunk (orientation) between its pixels and its end."""
     exif = Image.Exif()
     exif[0x0112] = orientation
+    body = exif.tobytes().removeprefix(b"Exif\x00\x00")  # Pillow 10 writes the JPEG prefix
     end = data.rindex(b"IEND") - 4
-    return data[:end] + _chunk(b"eXIf", exif.tobytes()) + data[end:]
+    return data[:end] + _chunk(b"eXIf", body) + data[end:]
 
 
 def _pngs() -> dict[str, tuple[bytes, bool]]:

@@ -180,12 +180,13 @@ def _decode_png(img: Image.Image) -> tuple[Image.Image, int] | None:
     fp = img.fp
     if not isinstance(fp, io.BytesIO):
         return None
-    if not img.tile or img.mode not in ("L", "RGB", "RGBA") or img.tile[0].args != img.mode:
+    # a tile is (decoder, box, offset, raw mode): a named tuple since Pillow 11, a tuple before
+    if not img.tile or img.mode not in ("L", "RGB", "RGBA") or img.tile[0][3] != img.mode:
         return None  # decoded already, or not 8 bits a sample (the raw mode says how many)
     if "transparency" in img.info or img.info.get("interlace"):
         return None
     data = fp.getvalue()
-    later = _chunks_from(data, img.tile[0].offset - 8)  # the first IDAT's length and kind
+    later = _chunks_from(data, img.tile[0][2] - 8)  # from the first IDAT's length and kind
     if not data.startswith(PNG_SIGNATURE) or later is None or later & _LATE_METADATA:
         return None
     try:
