@@ -135,9 +135,9 @@ def train_command(training: dict) -> str:
     # a setting a run does not record did not exist yet: it trained with its default then (a
     # fast-recipe run saved before the recipe had pairs trained without them)
     training = {**asdict(TrainConfig()), **training}
-    recipe = training.get("recipe", "reference")
+    recipe = training["recipe"]
     base = TrainConfig.from_recipe(recipe)
-    words = ["mnist-cnn", "train", "--dataset", str(training.get("dataset", base.dataset))]
+    words = ["mnist-cnn", "train", "--dataset", str(training["dataset"])]
     if recipe != "reference":
         words += ["--recipe", recipe]
     local = {"dataset", "recipe", "data_dir", "out", "name", "device", "eval_batch_size"}
