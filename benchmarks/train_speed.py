@@ -11,12 +11,19 @@ They alternate --repeats times over the first --images training images; medians 
 Each precision's floor is the epoch's FLOPs at the speed of a large matrix multiply in that
 precision on this machine (fp32 x fp32, bf16 x bf16, measured the same way).
 
+``--breakdown`` then says where a step's time goes: --repeats more epochs per precision under
+torch.profiler, alternating, each op's own time summed by kind (convolutions, matrix
+multiplies, pooling...) and what is left outside the ops (Python, the autograd engine, the
+profiler itself); medians over the repeats.
+
     MNIST_CNN_DATA=../shared/data python benchmarks/train_speed.py [--images 6000] [--repeats 3]
+                                                                 [--breakdown]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import os
 import platform
@@ -97,6 +104,69 @@ def ours_epoch(data_dir, n: int, batch_size: int, out: str, precision: str = "fp
     return train(config).final["epoch_seconds"]
 
 
+# --breakdown: torch.profiler's op names by what they compute in a step of mnist-cnn
+OP_KINDS = {
+    "aten::mkldnn_convolution": "convolutions (oneDNN)",
+    "aten::convolution_backward": "convolutions (oneDNN)",
+    "aten::mm": "matrix multiplies (oneDNN)",
+    "aten::addmm": "matrix multiplies (oneDNN)",
+    "aten::max_pool2d_with_indices": "max-pooling",
+    "aten::max_pool2d_with_indices_backward": "max-pooling",
+    "aten::fill_": "max-pooling",  # the zeros its backward scatters the gradients into
+    "aten::copy_": "copies (in bf16: the casts to and from fp32)",
+    "aten::bernoulli_": "dropout's random mask",
+    "aten::clamp_min": "ReLU",
+    "aten::threshold_backward": "ReLU",
+    "aten::_fused_adam_": "Adam",
+}
+
+
+def epoch_breakdown(
+    data_dir, n: int, batch_size: int, out: str, precision: str
+) -> tuple[float, int, collections.Counter]:
+    """One epoch of ``train`` under torch.profiler: (the epoch's profiled seconds, its steps,
+    seconds by kind: OP_KINDS, "other ops", and "outside the ops")."""
+    from torch.profiler import profile, record_function
+
+    from mnist_cnn import training
+
+    epoch = training._train_epoch  # labelled, so that the epoch's evaluation is left out
+
+    def labelled(*args, **kwargs):
+        with record_function("timed epoch"):
+            return epoch(*args, **kwargs)
+
+    training._train_epoch = labelled
+    try:
+        with profile() as prof:
+            ours_epoch(data_dir, n, batch_size, out, precision)
+    finally:
+        training._train_epoch = epoch
+    events = prof.events()
+    window = next(e.time_range for e in events if e.name == "timed epoch")
+    kinds: collections.Counter = collections.Counter()
+    for e in events:
+        inside = window.start <= e.time_range.start and e.time_range.end <= window.end
+        if inside and e.name != "timed epoch":
+            kinds[OP_KINDS.get(e.name, "other ops")] += e.self_cpu_time_total / 1e6
+    seconds = (window.end - window.start) / 1e6
+    kinds["outside the ops (Python, autograd, profiler)"] = seconds - sum(kinds.values())
+    return seconds, -(-n // batch_size), kinds
+
+
+def print_breakdown(precision: str, epochs: list, full: int, n: int) -> None:
+    """``epochs``: epoch_breakdown's answers for one precision; medians over them."""
+    seconds = statistics.median(e[0] for e in epochs)
+    steps = epochs[0][1]
+    kinds = {k: statistics.median(e[2][k] for e in epochs) for k in epochs[0][2]}
+    print(f"\nwhere a mnist-cnn {precision} step goes (torch.profiler, {len(epochs)} epochs of "
+          f"{steps} steps, {seconds:.2f} s profiled (median); each op's own time, summed by "
+          "kind, medians)")  # fmt: skip
+    print(f"{'kind':<46} {'ms/step':>8} {'s/epoch (60k)':>14} {'share':>6}")
+    for kind, s in sorted(kinds.items(), key=lambda item: -item[1]):
+        print(f"{kind:<46} {1000 * s / steps:>8.2f} {s * full / n:>14.1f} {s / seconds:>6.0%}")
+
+
 def matmul_gflops(size: int = MATMUL, repeats: int = 5, dtype=torch.float32) -> float:
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
@@ -132,6 +202,9 @@ def main() -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=FLOATS,
                         help="mnist-cnn's precisions to time (default both)")  # fmt: skip
+    parser.add_argument(
+        "--breakdown", action="store_true", help="then where a step's time goes (torch.profiler)"
+    )
     args = parser.parse_args()
 
     data = load_dataset("mnist", args.data_dir)
@@ -157,8 +230,14 @@ def main() -> None:
             times[name].append(run())
         for p in gflops:  # the best of every repeat: the machine's speed when it is least busy
             gflops[p] = max(gflops[p], matmul_gflops(dtype=FLOATS[p]))
-    shutil.rmtree(out)
     report(times, n, len(data.train_images), gflops, args)
+    profiled: dict[str, list] = {p: [] for p in args.precision}
+    for _ in range(args.repeats if args.breakdown else 0):
+        for p in args.precision:
+            profiled[p].append(epoch_breakdown(args.data_dir, n, args.batch_size, out, p))
+    for p, epochs in profiled.items() if args.breakdown else ():
+        print_breakdown(p, epochs, len(data.train_images), n)
+    shutil.rmtree(out)
 
 
 def report(times: dict[str, list[float]], n: int, full: int, gflops: dict, args) -> None:
