@@ -14,12 +14,14 @@ digits. "alone" is the string accuracy the same digits get when predict reads ea
 itself, written clean on white (what the model can do with these digits); "same" is the same,
 each digit written alone at the number's height and as the number's variant (photo-like where
 the number is): the model's share of the errors on that very kind of image, the rest is
-segmentation.
+segmentation. With ``--reachable``, also the share of numbers that some reading among the
+hypotheses weighed gives right (segment.reachable): what a perfect choice among them would
+read, so the rest of the errors lie in the cuts and the classifier, not in the weighing.
 Last, the time to read a 4-digit number from a 12-megapixel photo (JPEG file, one thread), for
 seven different numbers.
 
     python benchmarks/read_numbers.py RUN [--count 100] [--lengths 2 ... 8] [--seed 0]
-                                     [--handwriting DIR] [--record numbers.jsonl]
+                                     [--handwriting DIR] [--record numbers.jsonl] [--reachable]
 
 ``--record`` writes every number read (source, variant, truth, what was read) as JSON lines:
 two versions of the code compared number by number, not only by their totals.
@@ -39,6 +41,8 @@ import numpy as np
 
 from mnist_cnn import load_dataset
 from mnist_cnn.predict import Predictor
+from mnist_cnn.preprocessing import ImageError, load_image_sized
+from mnist_cnn.segment import WORK_SIDE, reachable
 from mnist_cnn.synthetic import compose_number, ink_crop, number_image
 
 VARIANTS = {"clean": (False, False), "photo": (False, True), "touching": (True, False)}
@@ -71,24 +75,29 @@ def edit_distance(a: str, b: str) -> int:
 
 
 def measure(
-    predictor, inks, labels, alone, count, rng, lengths=LENGTHS, record=None, singles=None
-) -> dict:
+    predictor, inks, labels, alone, count, rng, lengths=LENGTHS, record=None, singles=None,
+    ceiling=False,
+) -> dict:  # fmt: skip
     """{(variant, length): figures} for ``count`` numbers of each kind; each number read is
     appended to ``record`` (a list) where given. ``singles`` draws the "same" column's images
-    (its own generator: the numbers are those of ``rng`` alone)."""
+    (its own generator: the numbers are those of ``rng`` alone). ``ceiling``: also the share
+    of numbers some reading among the hypotheses gives right."""
     singles = singles if singles is not None else np.random.default_rng(0)
     results = {}
     for variant, (touching, photo) in VARIANTS.items():
         for length in lengths:
-            right = alone_right = same_right = too_many = too_few = 0
+            right = alone_right = same_right = too_many = too_few = reached = 0
             digit_acc = []
             for _ in range(count):
                 pick = rng.choice(len(inks), size=length)
                 truth = "".join(str(labels[i]) for i in pick)
                 height = int(rng.integers(28, 64))
                 canvas, _ = compose_number([inks[i] for i in pick], rng, height, touching)
+                image = number_image(canvas, rng, photo)
                 # an image read as an error counts as wrong (no number)
-                number = predictor.read(number_image(canvas, rng, photo)).get("number", "")
+                number = predictor.read(image).get("number", "")
+                if ceiling:
+                    reached += can_reach(predictor, image, truth)
                 right += number == truth
                 if record is not None:
                     record.append({"variant": variant, "truth": truth, "read": number})
@@ -103,9 +112,18 @@ def measure(
             results[variant, length] = {
                 "string": right / count, "digit": float(np.mean(digit_acc)),
                 "too_many": too_many, "too_few": too_few, "alone": alone_right / count,
-                "same": same_right / count,
+                "same": same_right / count, "reachable": reached / count if ceiling else None,
             }  # fmt: skip
     return results
+
+
+def can_reach(predictor, image: bytes, truth: str) -> bool:
+    """segment.reachable on the image as Predictor.read decodes it (no ink: False)."""
+    gray = load_image_sized(image, max_pixels=predictor.max_pixels, side=WORK_SIDE)[0]
+    try:
+        return reachable(gray, predictor.probabilities, truth)
+    except ImageError:
+        return False
 
 
 def predicted_alone(predictor, inks) -> np.ndarray:
@@ -124,16 +142,19 @@ def wilson(share: float, count: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def print_table(title: str, results: dict, count: int) -> None:
+    ceiling = any(r["reachable"] is not None for r in results.values())
     print(f"\n{title}: {count} numbers per length and variant")
     print("| variant | digits | string accuracy | 95% interval | digit accuracy | too many "
-          "| too few | alone | same |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| too few | alone | same |" + (" reachable |" if ceiling else ""))  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if ceiling else ""))
     for (variant, length), r in results.items():
         bold = "**" if length == 4 else ""
         low, high = wilson(r["string"], count)
+        reach = f" {100 * r['reachable']:.1f}% |" if ceiling else ""
         print(f"| {variant} | {length} | {bold}{100 * r['string']:.1f}%{bold} | "
               f"{100 * low:.1f}-{100 * high:.1f}% | {100 * r['digit']:.1f}% | {r['too_many']} | "
-              f"{r['too_few']} | {100 * r['alone']:.1f}% | {100 * r['same']:.1f}% |")  # fmt: skip
+              f"{r['too_few']} | {100 * r['alone']:.1f}% | {100 * r['same']:.1f}% |"
+              + reach)  # fmt: skip
 
 
 def photo_timing(predictor, inks, rng, numbers: int = 7, repeats: int = 3) -> list[float]:
@@ -175,6 +196,9 @@ def main() -> None:
     parser.add_argument("--handwriting", type=Path,
                         default=here.parent.parent / "shared" / "data" / "handwriting")  # fmt: skip
     parser.add_argument("--record", type=Path, help="every number read, as JSON lines")
+    parser.add_argument(
+        "--reachable", action="store_true", help="also what a perfect weighing would read"
+    )
     args = parser.parse_args()
     predictor = Predictor.from_run(args.run)
     rng = np.random.default_rng(args.seed)
@@ -187,8 +211,9 @@ def main() -> None:
         start = len(record)
         singles = np.random.default_rng([args.seed, len(record)])
         results = measure(
-            predictor, inks, labels, alone, args.count, rng, args.lengths, record, singles
-        )
+            predictor, inks, labels, alone, args.count, rng, args.lengths, record, singles,
+            ceiling=args.reachable,
+        )  # fmt: skip
         print_table(title, results, args.count)
         for r in record[start:]:
             r["source"] = title

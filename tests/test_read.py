@@ -14,7 +14,7 @@ from test_browser import browser, settled, stroke  # noqa: F401 (the browser fix
 from mnist_cnn.cli import main
 from mnist_cnn.ink import components
 from mnist_cnn.predict import Predictor
-from mnist_cnn.segment import find_ink
+from mnist_cnn.segment import find_ink, reachable
 from mnist_cnn.synthetic import compose_number, ink_crop, number_image
 
 
@@ -138,6 +138,27 @@ def test_separated_digits_are_found_in_their_boxes_left_to_right(predictor, sure
         assert record["number"] == number
         found = np.array([d["box"] for d in record["digits"]])
         assert np.abs(found - np.array(boxes)).max() <= 3  # within the faint MNIST fringe
+
+
+def test_reachable_says_whether_some_reading_among_the_hypotheses_gives_the_number(
+    predictor, sure_digits
+):
+    """segment.reachable, the benchmark's ceiling for the weighing: True for the number read
+    (it is one of the readings weighed), and for a classifier that reads every piece as a 3,
+    True for 3333 and False for the digits written."""
+    rng = np.random.default_rng(3)
+    canvas, _ = compose_number([sure_digits[k][0] for k in (2, 0, 2, 6)], rng, height=40)
+    assert predictor.read(1 - canvas)["number"] == "2026"
+    assert reachable(1 - canvas, predictor.probabilities, "2026")
+
+    def threes(images: np.ndarray) -> np.ndarray:
+        probs = np.full((len(images), 10), 0.001)
+        probs[:, 3] = 0.991
+        return probs
+
+    assert reachable(1 - canvas, threes, "3333")
+    assert not reachable(1 - canvas, threes, "2026")
+    assert not reachable(1 - canvas, threes, "33333333333333333333")  # more digits than pieces
 
 
 def test_a_photo_of_a_number_reads_as_the_clean_one(predictor, sure_digits):

@@ -382,6 +382,24 @@ def best_reading(page: Page, blocks: list[Part], classify: Classify, temperature
     return [pieces[k] for k in chosen], page, [pres[k] for k in chosen], probs[chosen]
 
 
+def reachable(gray: np.ndarray, classify: Classify, number: str) -> bool:
+    """Whether any of the readings :func:`best_reading` chooses among gives ``number``: its
+    digits, left to right, as consecutive runs of atoms that the classifier reads as those
+    digits. Over many numbers, the share for which this holds bounds what any weighing of the
+    hypotheses could read right; the rest is lost to the cuts and to the classifier
+    (``benchmarks/read_numbers.py --reachable``). ``classify`` answers digits 0-9."""
+    page = find_ink(gray)
+    page, atoms, _, spans, _ = hypotheses(page, candidate_digits(page))
+    _, probs, empty = _read_pieces(page, [p for _, _, p in spans], classify)
+    read = [str(k) for k in probs.argmax(axis=1)]
+    done: list[set[int]] = [set() for _ in range(len(atoms) + 1)]  # digits read by atoms 0..j-1
+    done[0].add(0)
+    for k, (i, j, _) in enumerate(spans):  # in order of their first atom
+        if k not in empty:
+            done[j].update(m + 1 for m in done[i] if m < len(number) and number[m] == read[k])
+    return len(number) in done[-1]
+
+
 def segment(gray: np.ndarray, classify: Classify, temperature=None) -> list[Digit]:
     """The digits of a number written in ``gray`` ((H, W) in 0..1, either polarity), left to
     right. ``classify`` maps (N, 28, 28) preprocessed images to class probabilities;
