@@ -27,7 +27,6 @@ import collections
 import functools
 import os
 import platform
-import shutil
 import statistics
 import tempfile
 import time
@@ -108,11 +107,13 @@ def ours_epoch(data_dir, n: int, batch_size: int, out: str, precision: str = "fp
 OP_KINDS = {
     "aten::mkldnn_convolution": "convolutions (oneDNN)",
     "aten::convolution_backward": "convolutions (oneDNN)",
-    "aten::mm": "matrix multiplies (oneDNN)",
-    "aten::addmm": "matrix multiplies (oneDNN)",
+    "aten::mm": "matrix multiplies",  # MKL's in fp32, oneDNN's in bf16
+    "aten::addmm": "matrix multiplies",
     "aten::max_pool2d_with_indices": "max-pooling",
     "aten::max_pool2d_with_indices_backward": "max-pooling",
-    "aten::fill_": "max-pooling",  # the zeros its backward scatters the gradients into
+    # the zeros max-pooling's backward scatters the gradients into: record_shapes shows every
+    # large fill_ of a step at the pooled layers' input shapes
+    "aten::fill_": "max-pooling",
     "aten::copy_": "copies (in bf16: the casts to and from fp32)",
     "aten::bernoulli_": "dropout's random mask",
     "aten::clamp_min": "ReLU",
@@ -124,33 +125,35 @@ OP_KINDS = {
 def epoch_breakdown(
     data_dir, n: int, batch_size: int, out: str, precision: str
 ) -> tuple[float, int, collections.Counter]:
-    """One epoch of ``train`` under torch.profiler: (the epoch's profiled seconds, its steps,
-    seconds by kind: OP_KINDS, "other ops", and "outside the ops")."""
-    from torch.profiler import profile, record_function
+    """One epoch of ``train``, its steps alone under torch.profiler (not the data loading, the
+    evaluation or the checkpoint): (the epoch's seconds, its steps, seconds by kind: the ATen
+    ops' own time by OP_KINDS or "other ops", and the rest, "outside the ops")."""
+    from torch.profiler import profile
 
     from mnist_cnn import training
 
-    epoch = training._train_epoch  # labelled, so that the epoch's evaluation is left out
+    epoch = training._train_epoch
+    profiled: dict = {}
 
-    def labelled(*args, **kwargs):
-        with record_function("timed epoch"):
-            return epoch(*args, **kwargs)
-
-    training._train_epoch = labelled
-    try:
+    def under_profiler(*args, **kwargs):
         with profile() as prof:
-            ours_epoch(data_dir, n, batch_size, out, precision)
+            start = time.perf_counter()
+            result = epoch(*args, **kwargs)
+            profiled["seconds"] = time.perf_counter() - start
+        profiled["events"] = prof.events()
+        return result
+
+    training._train_epoch = under_profiler  # _train looks it up as a module global
+    try:
+        ours_epoch(data_dir, n, batch_size, out, precision)
     finally:
         training._train_epoch = epoch
-    events = prof.events()
-    window = next(e.time_range for e in events if e.name == "timed epoch")
     kinds: collections.Counter = collections.Counter()
-    for e in events:
-        inside = window.start <= e.time_range.start and e.time_range.end <= window.end
-        if inside and e.name != "timed epoch":
-            kinds[OP_KINDS.get(e.name, "other ops")] += e.self_cpu_time_total / 1e6
-    seconds = (window.end - window.start) / 1e6
-    kinds["outside the ops (Python, autograd, profiler)"] = seconds - sum(kinds.values())
+    for e in profiled["events"]:
+        if e.name.startswith("aten::"):  # not autograd's or the optimizer's own bookkeeping
+            kinds[OP_KINDS.get(e.name, "other ops")] += e.self_cpu_time_total / 1e6  # from us
+    seconds = profiled["seconds"]
+    kinds["outside the ops (Python, autograd, the profiler)"] = seconds - sum(kinds.values())
     return seconds, -(-n // batch_size), kinds
 
 
@@ -162,9 +165,9 @@ def print_breakdown(precision: str, epochs: list, full: int, n: int) -> None:
     print(f"\nwhere a mnist-cnn {precision} step goes (torch.profiler, {len(epochs)} epochs of "
           f"{steps} steps, {seconds:.2f} s profiled (median); each op's own time, summed by "
           "kind, medians)")  # fmt: skip
-    print(f"{'kind':<46} {'ms/step':>8} {'s/epoch (60k)':>14} {'share':>6}")
+    print(f"{'kind':<50} {'ms/step':>8} {'s/epoch (60k)':>14} {'share':>6}")
     for kind, s in sorted(kinds.items(), key=lambda item: -item[1]):
-        print(f"{kind:<46} {1000 * s / steps:>8.2f} {s * full / n:>14.1f} {s / seconds:>6.0%}")
+        print(f"{kind:<50} {1000 * s / steps:>8.2f} {s * full / n:>14.1f} {s / seconds:>6.0%}")
 
 
 def matmul_gflops(size: int = MATMUL, repeats: int = 5, dtype=torch.float32) -> float:
@@ -217,27 +220,27 @@ def main() -> None:
             tensor_batches(data, n, args.batch_size)
         ),
     }
-    out = tempfile.mkdtemp(prefix="train_speed-")
-    for precision in args.precision:  # the same pipeline, alternating with the others
-        runs[f"mnist-cnn {precision}"] = functools.partial(
-            ours_epoch, args.data_dir, n, args.batch_size, out, precision
-        )
-        ours_epoch(args.data_dir, min(n, 1000), args.batch_size, out, precision)  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    gflops = dict.fromkeys(args.precision, 0.0)
-    for _ in range(args.repeats):
-        for name, run in runs.items():
-            times[name].append(run())
-        for p in gflops:  # the best of every repeat: the machine's speed when it is least busy
-            gflops[p] = max(gflops[p], matmul_gflops(dtype=FLOATS[p]))
-    report(times, n, len(data.train_images), gflops, args)
-    profiled: dict[str, list] = {p: [] for p in args.precision}
-    for _ in range(args.repeats if args.breakdown else 0):
-        for p in args.precision:
-            profiled[p].append(epoch_breakdown(args.data_dir, n, args.batch_size, out, p))
-    for p, epochs in profiled.items() if args.breakdown else ():
-        print_breakdown(p, epochs, len(data.train_images), n)
-    shutil.rmtree(out)
+    with tempfile.TemporaryDirectory(prefix="train_speed-") as out:  # the runs, removed
+        for precision in args.precision:  # the same pipeline, alternating with the others
+            runs[f"mnist-cnn {precision}"] = functools.partial(
+                ours_epoch, args.data_dir, n, args.batch_size, out, precision
+            )
+            ours_epoch(args.data_dir, min(n, 1000), args.batch_size, out, precision)  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        gflops = dict.fromkeys(args.precision, 0.0)
+        for _ in range(args.repeats):
+            for name, run in runs.items():
+                times[name].append(run())
+            for p in gflops:  # the best of every repeat: the machine's speed when it is least busy
+                gflops[p] = max(gflops[p], matmul_gflops(dtype=FLOATS[p]))
+        report(times, n, len(data.train_images), gflops, args)
+        if args.breakdown:
+            profiled: dict[str, list] = {p: [] for p in args.precision}
+            for _ in range(args.repeats):  # alternating, as the timed passes
+                for p in args.precision:
+                    profiled[p].append(epoch_breakdown(args.data_dir, n, args.batch_size, out, p))
+            for p, epochs in profiled.items():
+                print_breakdown(p, epochs, len(data.train_images), n)
 
 
 def report(times: dict[str, list[float]], n: int, full: int, gflops: dict, args) -> None:
