@@ -158,6 +158,7 @@ def test_reachable_says_whether_some_reading_among_the_hypotheses_gives_the_numb
 
     assert reachable(1 - canvas, threes, "3333")
     assert not reachable(1 - canvas, threes, "2026")
+    assert not reachable(1 - canvas, threes, "333")  # a reading leaves no digit out
     assert not reachable(1 - canvas, threes, "33333333333333333333")  # more digits than pieces
 
 

@@ -390,14 +390,13 @@ def reachable(gray: np.ndarray, classify: Classify, number: str) -> bool:
     (``benchmarks/read_numbers.py --reachable``). ``classify`` answers digits 0-9."""
     page = find_ink(gray)
     page, atoms, _, spans, _ = hypotheses(page, candidate_digits(page))
-    _, probs, empty = _read_pieces(page, [p for _, _, p in spans], classify)
+    _, probs, _ = _read_pieces(page, [p for _, _, p in spans], classify)
     read = [str(k) for k in probs.argmax(axis=1)]
     done: list[set[int]] = [set() for _ in range(len(atoms) + 1)]  # digits read by atoms 0..j-1
     done[0].add(0)
     for k, (i, j, _) in enumerate(spans):  # in order of their first atom
-        if k not in empty:
-            done[j].update(m + 1 for m in done[i] if m < len(number) and number[m] == read[k])
-    return len(number) in done[-1]
+        done[j].update(m + 1 for m in done[i] if m < len(number) and number[m] == read[k])
+    return len(number) in done[-1]  # every atom read
 
 
 def segment(gray: np.ndarray, classify: Classify, temperature=None) -> list[Digit]:
