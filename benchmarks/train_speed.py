@@ -161,7 +161,8 @@ def print_breakdown(precision: str, epochs: list, full: int, n: int) -> None:
     """``epochs``: epoch_breakdown's answers for one precision; medians over them."""
     seconds = statistics.median(e[0] for e in epochs)
     steps = epochs[0][1]
-    kinds = {k: statistics.median(e[2][k] for e in epochs) for k in epochs[0][2]}
+    every = set().union(*(e[2] for e in epochs))  # a kind missing from an epoch counts 0 there
+    kinds = {k: statistics.median(e[2][k] for e in epochs) for k in every}
     print(f"\nwhere a mnist-cnn {precision} step goes (torch.profiler, {len(epochs)} epochs of "
           f"{steps} steps, {seconds:.2f} s profiled (median); each op's own time, summed by "
           "kind, medians)")  # fmt: skip
